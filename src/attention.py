@@ -1,0 +1,131 @@
+"""
+Causal self-attention and causal cross-attention, as in the course's minGPT fork.
+
+Both modules keep the course's parameter names (key, query, value, proj) and its
+`mask` buffer, so params files move between this project and the course code.
+
+Two ways to compute the same attention:
+- the plain way (`config.fast = False`): the course's explicit (T x T) score
+  tensor, masked_fill, softmax, dropout, matmul. Kept for comparison and debugging.
+- the fast way (default): torch's scaled_dot_product_attention, which picks a
+  flash / memory-efficient kernel on CUDA and avoids materialising the masked
+  score tensor. It computes the same function (tests check this to ~1e-5).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+def _split_heads(t, n_head):
+    B, T, C = t.size()
+    return t.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, nh, T, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    """
+    A vanilla multi-head masked self-attention layer with a projection at the end.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.key = nn.Linear(config.n_embd, config.n_embd)
+        self.query = nn.Linear(config.n_embd, config.n_embd)
+        self.value = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_drop = nn.Dropout(config.attn_pdrop)
+        self.resid_drop = nn.Dropout(config.resid_pdrop)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        # persistent on purpose: the course's params files carry this buffer
+        self.register_buffer("mask", torch.tril(torch.ones(config.block_size, config.block_size))
+                             .view(1, 1, config.block_size, config.block_size))
+        self.n_head = config.n_head
+        self.fast = getattr(config, "fast", True)
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.size()
+        k = _split_heads(self.key(x), self.n_head)
+        q = _split_heads(self.query(x), self.n_head)
+        v = _split_heads(self.value(x), self.n_head)
+        q_offset = 0
+        if kv_cache is not None:
+            # decoding: x holds only the new positions; earlier keys/values come from the cache
+            q_offset = kv_cache.length
+            k, v = kv_cache.update(self, k, v)
+        y = attend(q, k, v, self.mask, self.attn_drop, self.fast, q_offset)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class CausalCrossAttention(nn.Module):
+    """
+    Causal cross-attention: keys and values from x_kv (length Tk), queries from
+    x_q (length Tq); query i sees keys 0..i (the mask's [:Tq, :Tk] corner).
+    Used by the Perceiver's DownProjectBlock and UpProjectBlock.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.key = nn.Linear(config.n_embd, config.n_embd)
+        self.query = nn.Linear(config.n_embd, config.n_embd)
+        self.value = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_drop = nn.Dropout(config.attn_pdrop)
+        self.resid_drop = nn.Dropout(config.resid_pdrop)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.register_buffer("mask", torch.tril(torch.ones(config.block_size, config.block_size))
+                             .view(1, 1, config.block_size, config.block_size))
+        self.n_head = config.n_head
+        self.fast = getattr(config, "fast", True)
+
+    def forward(self, x_kv, x_q):
+        Bk, Tk, C = x_kv.size()
+        Bq, Tq, _ = x_q.size()
+        k = _split_heads(self.key(x_kv), self.n_head)
+        q = _split_heads(self.query(x_q), self.n_head)
+        v = _split_heads(self.value(x_kv), self.n_head)
+        if Bq != Bk:
+            # the Perceiver's learned basis C has batch 1: broadcast it
+            q = q.expand(max(Bk, Bq), -1, -1, -1)
+        y = attend(q, k, v, self.mask, self.attn_drop, self.fast)
+        y = y.transpose(1, 2).contiguous().view(max(Bk, Bq), Tq, C)
+        return self.resid_drop(self.proj(y))
+
+
+def attend(q, k, v, mask, attn_drop, fast, q_offset=0):
+    """
+    softmax(q k^T / sqrt(hs), causal) v, with dropout on the attention weights.
+    q is (B, nh, Tq, hs), k and v (B, nh, Tk, hs); query i sees keys 0..q_offset+i
+    (the course's mask[:Tq, :Tk] when q_offset is 0; decoding with a cache sets
+    q_offset to the number of cached positions).
+    """
+    Tq, Tk = q.size(-2), k.size(-2)
+    m = mask[:, :, q_offset:q_offset + Tq, :Tk]
+    if fast:
+        dropout_p = attn_drop.p if attn_drop.training else 0.0
+        if q_offset == 0:
+            # is_causal is top-left aligned like the course mask, and lets CUDA use flash kernels
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m.bool(), dropout_p=dropout_p)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+    att = att.masked_fill(m == 0, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = attn_drop(att)
+    return att @ v
+
+
+class KVCache:
+    """Keys and values of the positions decoded so far, per self-attention layer."""
+
+    def __init__(self):
+        self.kv = {}
+        self.length = 0  # positions already cached (the same in every layer)
+
+    def update(self, layer, k, v):
+        if layer in self.kv:
+            k = torch.cat([self.kv[layer][0], k], dim=2)
+            v = torch.cat([self.kv[layer][1], v], dim=2)
+        self.kv[layer] = (k, v)
+        return k, v

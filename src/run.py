@@ -1,0 +1,231 @@
+"""
+Pretrain, finetune or evaluate the assignment's models: the course's command
+line, unchanged, with a few additions (see --help).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+import dataset
+import model
+import trainer
+import utils
+
+BLOCK_SIZE = 128
+
+
+def parse_args(argv=None):
+    argp = argparse.ArgumentParser(description=__doc__)
+    argp.add_argument("function", choices=["pretrain", "finetune", "evaluate"],
+                      help="Choose pretrain, finetune, or evaluate")
+    argp.add_argument("variant", choices=["vanilla", "perceiver"], help="Choose vanilla or perceiver")
+    argp.add_argument("pretrain_corpus_path", help="the pretraining corpus (wiki.txt); it defines the vocabulary")
+    argp.add_argument("--bottleneck_dim", type=int, default=32, help="Perceiver bottleneck length m")
+    argp.add_argument("--reading_params_path", default=None, help="params to load before finetuning or evaluating")
+    argp.add_argument("--writing_params_path", default=None, help="where to save the trained params")
+    argp.add_argument("--finetune_corpus_path", default=None, help="question<TAB>answer lines to finetune on")
+    argp.add_argument("--eval_corpus_path", default=None, help="questions (with or without answers) to evaluate on")
+    argp.add_argument("--outputs_path", default=None, help="where to write one prediction per question")
+    argp.add_argument("--pretrain_lr", default=6e-3, type=float)
+    argp.add_argument("--finetune_lr", default=6e-4, type=float)
+    argp.add_argument("--tb_expt_name", default="run", help="debug string for tb log.")
+    # additions to the course's flags
+    argp.add_argument("--max_epochs", type=int, default=None,
+                      help="epochs of this phase (default: the handout's 650 pretrain, 75 finetune from "
+                           "scratch, 10 finetune from pretrained params)")
+    argp.add_argument("--final_epochs", type=float, default=200,
+                      help="epochs at which the lr cosine reaches its floor (final_tokens = final_epochs x "
+                           "corpus lines x block_size; handout: 200)")
+    argp.add_argument("--seed", type=int, default=0, help="random seed: same seed and device give the same params")
+    argp.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    argp.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    argp.add_argument("--plain", action="store_true",
+                      help="the course's computation for debugging and comparison: explicit attention, fp32, "
+                           "full-length rows, one prompt at a time when evaluating")
+    return argp.parse_args(argv)
+
+
+def fail(message):
+    """One clear line and a non-zero exit: what a user sees for bad input."""
+    print(f"run.py: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check_args(args):
+    needed = {
+        "pretrain": ["writing_params_path"],
+        "finetune": ["writing_params_path", "finetune_corpus_path"],
+        "evaluate": ["reading_params_path", "eval_corpus_path", "outputs_path"],
+    }[args.function]
+    missing = [f"--{name}" for name in needed if getattr(args, name) is None]
+    if missing:
+        fail(f"{args.function} needs {' and '.join(missing)}")
+    for name in ("pretrain_corpus_path", "finetune_corpus_path", "eval_corpus_path", "reading_params_path"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            fail(f"{path}: no such file (--{name.replace('_path', '')}{'_path' if name != 'pretrain_corpus_path' else ''})")
+    for name in ("writing_params_path", "outputs_path"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            fail(f"{path}: folder {os.path.dirname(os.path.abspath(path))} does not exist (--{name})")
+    if args.variant == "perceiver" and not 0 < args.bottleneck_dim <= BLOCK_SIZE:
+        fail(f"--bottleneck_dim must be between 1 and {BLOCK_SIZE}, got {args.bottleneck_dim}")
+
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        fail(f"{path}: not UTF-8 text (byte {e.start})")
+    except OSError as e:
+        fail(f"{path}: cannot read: {e.strerror}")
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device, plain):
+    if plain:
+        return "float32"
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def build_model(args, vocab_size):
+    if args.variant == "vanilla":
+        mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256)
+    else:
+        mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256,
+                                bottleneck_dim=args.bottleneck_dim, perceiver=True)
+    mconf.fast = not args.plain
+    return model.GPT(mconf)
+
+
+def load_params(gpt, path, args, device):
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors all mean: not a params file
+        fail(f"{path}: not a params file ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        fail(f"{path}: not a params file (expected a state_dict of tensors)")
+    expected = gpt.state_dict()
+    this = f"{args.variant}" + (f" with --bottleneck_dim {args.bottleneck_dim}" if args.variant == "perceiver" else "")
+    if ("down_block.C" in state) != ("down_block.C" in expected):
+        found = "perceiver" if "down_block.C" in state else "vanilla"
+        fail(f"{path}: holds {found} params, but this run builds a {this} model")
+    if "down_block.C" in state and state["down_block.C"].shape != expected["down_block.C"].shape:
+        fail(f"{path}: holds perceiver params with bottleneck_dim {state['down_block.C'].shape[1]}, "
+             f"but this run builds a {this} model")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
+        fail(f"{path}: params do not fit a {this} model over this vocabulary ({what})")
+    gpt.load_state_dict(state)
+
+
+def save_params(gpt, path):
+    utils.atomic_write(path, lambda f: torch.save(gpt.state_dict(), f), mode="wb")
+
+
+def train(args, gpt, train_dataset, pretrain_dataset, device, max_epochs, batch_size, learning_rate):
+    from torch.utils.tensorboard import SummaryWriter  # imported here: evaluate does not need it
+    writer = SummaryWriter(log_dir="expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (
+        args.function, args.tb_expt_name, args.variant, int(args.bottleneck_dim),
+        args.pretrain_lr, args.finetune_lr))
+    tconf = trainer.TrainerConfig(
+        max_epochs=args.max_epochs if args.max_epochs is not None else max_epochs,
+        batch_size=batch_size, learning_rate=learning_rate, lr_decay=True,
+        warmup_tokens=512 * 20,
+        final_tokens=args.final_epochs * len(pretrain_dataset) * BLOCK_SIZE,
+        num_workers=args.num_workers, writer=writer, device=device,
+        dtype=pick_dtype(device, args.plain), sub_batches=1 if args.plain else 8)
+    trainer.Trainer(gpt, train_dataset, None, tconf).train()
+    writer.close()
+    save_params(gpt, args.writing_params_path)
+
+
+def evaluate(args, gpt, pretrain_dataset, device):
+    try:
+        rows = utils.read_questions(args.eval_corpus_path)
+    except (ValueError, UnicodeDecodeError) as e:
+        fail(f"{args.eval_corpus_path}: {e}" if isinstance(e, UnicodeDecodeError) else str(e))
+    mask_id = pretrain_dataset.stoi[pretrain_dataset.MASK_CHAR]
+    prompts = []
+    for n, question, _ in rows:
+        try:
+            prompts.append(dataset.encode(pretrain_dataset.stoi, question, f"{args.eval_corpus_path}:{n}") + [mask_id])
+        except ValueError as e:
+            fail(str(e))
+    gpt.eval()
+    start = time.time()
+    if args.plain:
+        # the course's loop: one prompt at a time, recomputing every position
+        predictions = []
+        for p in prompts:
+            x = torch.tensor(p, dtype=torch.long, device=device)[None, ...]
+            pred = utils.sample(gpt, x, 32, sample=False)[0]
+            completion = "".join([pretrain_dataset.itos[int(i)] for i in pred])
+            predictions.append(completion.split(pretrain_dataset.MASK_CHAR)[1])
+    else:
+        predictions = utils.predict_places(gpt, prompts, pretrain_dataset.itos, mask_id)
+    print(f"decoded {len(prompts)} questions in {time.time() - start:.1f}s")
+    # the course wrote one line per prediction; a newline inside one would shift the rest
+    utils.atomic_write(args.outputs_path,
+                       lambda f: f.write("".join(p.replace("\n", " ") + "\n" for p in predictions)))
+    total, correct = utils.evaluate_places(args.eval_corpus_path, predictions)
+    if total > 0:
+        print(f"Correct: {correct} out of {total}: {correct / total * 100}%")
+    else:
+        print(f"Predictions written to {args.outputs_path}; no targets provided")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    utils.set_seed(args.seed)
+    device = pick_device(args.device)
+
+    # The pretraining corpus always defines the vocabulary, whatever the function.
+    text = read_text(args.pretrain_corpus_path)
+    try:
+        pretrain_dataset = dataset.CharCorruptionDataset(text, BLOCK_SIZE)
+    except ValueError as e:
+        fail(f"{args.pretrain_corpus_path}:{str(e)[len('line '):]}")
+    gpt = build_model(args, pretrain_dataset.vocab_size).to(device)
+
+    if args.function == "pretrain":
+        train(args, gpt, pretrain_dataset, pretrain_dataset, device,
+              max_epochs=650, batch_size=128, learning_rate=args.pretrain_lr)
+    elif args.function == "finetune":
+        try:
+            finetune_dataset = dataset.NameDataset(pretrain_dataset, read_text(args.finetune_corpus_path))
+        except ValueError as e:
+            fail(f"{args.finetune_corpus_path}:{str(e)[len('line '):]}")
+        if args.reading_params_path is not None:
+            load_params(gpt, args.reading_params_path, args, device)
+        train(args, gpt, finetune_dataset, pretrain_dataset, device,
+              max_epochs=75 if args.reading_params_path is None else 10,
+              batch_size=256, learning_rate=args.finetune_lr)
+    else:
+        load_params(gpt, args.reading_params_path, args, device)
+        evaluate(args, gpt, pretrain_dataset, device)
+
+
+if __name__ == "__main__":
+    main()
