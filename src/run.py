@@ -207,6 +207,8 @@ def main(argv=None):
         pretrain_dataset = dataset.CharCorruptionDataset(text, BLOCK_SIZE)
     except ValueError as e:
         fail(f"{args.pretrain_corpus_path}:{str(e)[len('line '):]}")
+    if not text.strip():
+        fail(f"{args.pretrain_corpus_path}: empty corpus")
     gpt = build_model(args, pretrain_dataset.vocab_size).to(device)
 
     if args.function == "pretrain":
@@ -217,6 +219,8 @@ def main(argv=None):
             finetune_dataset = dataset.NameDataset(pretrain_dataset, read_text(args.finetune_corpus_path))
         except ValueError as e:
             fail(f"{args.finetune_corpus_path}:{str(e)[len('line '):]}")
+        if len(finetune_dataset) == 0:
+            fail(f"{args.finetune_corpus_path}: no question<TAB>answer lines")
         if args.reading_params_path is not None:
             load_params(gpt, args.reading_params_path, args, device)
         train(args, gpt, finetune_dataset, pretrain_dataset, device,

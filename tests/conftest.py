@@ -1,0 +1,35 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+sys.path.insert(0, SRC)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The course data folder, from A5_DATA_DIR (.ci/run sets it to ../shared/data)."""
+    path = os.environ.get("A5_DATA_DIR")
+    if not path:
+        pytest.skip("A5_DATA_DIR is not set: the course data is needed for this test")
+    if not os.path.isfile(os.path.join(path, "wiki.txt")):
+        pytest.fail(f"A5_DATA_DIR={path} holds no wiki.txt")
+    return os.path.abspath(path)
+
+
+@pytest.fixture(scope="session")
+def wiki_text(data_dir):
+    with open(os.path.join(data_dir, "wiki.txt"), encoding="utf-8") as f:
+        return f.read()
+
+
+def small_config(perceiver=False, block_size=16, **kwargs):
+    """A tiny model (vocabulary 40) for fast tests."""
+    import model
+    kw = dict(n_layer=4, n_head=4, n_embd=32)
+    if perceiver:
+        kw.update(perceiver=True, bottleneck_dim=8)
+    kw.update(kwargs)
+    return model.GPTConfig(40, block_size, **kw)

@@ -1,0 +1,101 @@
+"""The course's command lines, run as a user runs them (shortened with --max_epochs)."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+RUN = os.path.join(ROOT, "src", "run.py")
+
+
+def run(args, cwd, ok=True):
+    out = subprocess.run([sys.executable, RUN] + args, cwd=cwd, capture_output=True, text=True)
+    if ok:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().split("\n")[:-1]
+
+
+def count_questions(path):
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, data_dir):
+    """The first 300 documents of wiki.txt and the train lines they can encode: a quick pretraining corpus."""
+    d = tmp_path_factory.mktemp("small")
+    with open(os.path.join(data_dir, "wiki.txt"), encoding="utf-8") as f:
+        wiki = "\n".join(f.read().split("\n")[:300]) + "\nWhere was everybody born?\n"
+    (d / "wiki.txt").write_text(wiki, encoding="utf-8")
+    chars = set(wiki)
+    with open(os.path.join(data_dir, "birth_places_train.tsv"), encoding="utf-8") as f:
+        train = [l for l in f.read().split("\n") if l.strip() and set(l) - {"\t"} <= chars]
+    (d / "train.tsv").write_text("\n".join(train[:300]) + "\n", encoding="utf-8")
+    return d
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "perceiver"])
+def test_course_commands_without_pretraining(variant, data_dir, tmp_path):
+    D = data_dir
+    extra = ["--bottleneck_dim", "64"] if variant == "perceiver" else []
+    p = f"{variant}.model.params"
+    run(["finetune", variant, f"{D}/wiki.txt"] + extra + ["--writing_params_path", p,
+         "--finetune_corpus_path", f"{D}/birth_places_train.tsv", "--max_epochs", "1"], tmp_path)
+    assert os.path.isfile(tmp_path / p)
+    bneck = 64 if variant == "perceiver" else 32
+    logdir = tmp_path / "expt" / "finetune" / f"run_{variant}_{bneck}_pt_lr_0.006000_ft_lr_0.000600"
+    assert glob.glob(str(logdir / "events.out.tfevents.*")), "TensorBoard log missing"
+
+    dev = run(["evaluate", variant, f"{D}/wiki.txt"] + extra + ["--reading_params_path", p,
+               "--eval_corpus_path", f"{D}/birth_dev.tsv", "--outputs_path", "dev.predictions"], tmp_path)
+    n_dev = count_questions(f"{D}/birth_dev.tsv")
+    assert f"out of {float(n_dev)}: " in dev.stdout and dev.stdout.count("Correct: ") == 1
+    assert len(lines(tmp_path / "dev.predictions")) == n_dev
+
+    test = run(["evaluate", variant, f"{D}/wiki.txt"] + extra + ["--reading_params_path", p,
+                "--eval_corpus_path", f"{D}/birth_test_inputs.tsv", "--outputs_path", "test.predictions"], tmp_path)
+    assert "Predictions written to test.predictions; no targets provided" in test.stdout
+    assert len(lines(tmp_path / "test.predictions")) == count_questions(f"{D}/birth_test_inputs.tsv") == 437
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "perceiver"])
+def test_pretrain_then_finetune_then_evaluate(variant, small_corpus, tmp_path):
+    C = small_corpus
+    extra = ["--bottleneck_dim", "64"] if variant == "perceiver" else []
+    run(["pretrain", variant, f"{C}/wiki.txt"] + extra + ["--writing_params_path", "p.params", "--max_epochs", "1"],
+        tmp_path)
+    run(["finetune", variant, f"{C}/wiki.txt"] + extra + ["--reading_params_path", "p.params",
+         "--writing_params_path", "f.params", "--finetune_corpus_path", f"{C}/train.tsv", "--max_epochs", "1"],
+        tmp_path)
+    out = run(["evaluate", variant, f"{C}/wiki.txt"] + extra + ["--reading_params_path", "f.params",
+               "--eval_corpus_path", f"{C}/train.tsv", "--outputs_path", "out.predictions"], tmp_path)
+    assert "Correct: " in out.stdout
+    assert len(lines(tmp_path / "out.predictions")) == count_questions(f"{C}/train.tsv")
+    assert os.path.isdir(tmp_path / "expt" / "pretrain") and os.path.isdir(tmp_path / "expt" / "finetune")
+
+
+def test_same_seed_same_params(small_corpus, tmp_path):
+    C = small_corpus
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        run(["pretrain", "vanilla", f"{C}/wiki.txt", "--writing_params_path", f"{name}.params",
+             "--max_epochs", "1", "--seed", seed], tmp_path)
+    a, b, c = (torch.load(tmp_path / f"{n}.params") for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_help_lists_the_course_flags(tmp_path):
+    out = run(["--help"], tmp_path)
+    for flag in ("--bottleneck_dim", "--reading_params_path", "--writing_params_path", "--finetune_corpus_path",
+                 "--eval_corpus_path", "--outputs_path", "--pretrain_lr", "--finetune_lr", "--tb_expt_name",
+                 "--max_epochs", "--seed", "--device", "--num_workers", "--plain"):
+        assert flag in out.stdout

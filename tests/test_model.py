@@ -1,0 +1,123 @@
+import os
+import sys
+
+import pytest
+import torch
+
+import model
+from conftest import small_config
+
+
+def full_config(perceiver=False, **kw):
+    if perceiver:
+        kw.update(perceiver=True, bottleneck_dim=64)
+    return model.GPTConfig(256, 128, n_layer=4, n_head=8, n_embd=256, **kw)
+
+
+def course_keys(perceiver):
+    """The course reference's state_dict keys and shapes, written out by hand."""
+    d = 256
+    def attn(p, mask):
+        out = {f"{p}.{n}.{w}": ((d, d) if w == "weight" else (d,))
+               for n in ("key", "query", "value", "proj") for w in ("weight", "bias")}
+        out[f"{p}.mask"] = (1, 1, mask, mask)
+        return out
+    def block(p, mask):
+        out = {f"{p}.{ln}.{w}": (d,) for ln in ("ln1", "ln2") for w in ("weight", "bias")}
+        out.update(attn(f"{p}.attn", mask))
+        out.update({f"{p}.mlp.0.weight": (4 * d, d), f"{p}.mlp.0.bias": (4 * d,),
+                    f"{p}.mlp.2.weight": (d, 4 * d), f"{p}.mlp.2.bias": (d,)})
+        return out
+    keys = {"tok_emb.weight": (256, d), "pos_emb": (1, 128, d), "ln_f.weight": (d,), "ln_f.bias": (d,),
+            "head.weight": (256, d)}
+    if perceiver:
+        keys.update(block("down_block", 128))
+        keys["down_block.C"] = (1, 64, d)
+        for i in range(2):
+            keys.update(block(f"blocks.{i}", 64))
+        keys.update(block("up_block", 128))
+    else:
+        for i in range(4):
+            keys.update(block(f"blocks.{i}", 128))
+    return keys
+
+
+@pytest.mark.parametrize("perceiver,count", [(False, 3_323_392), (True, 3_339_776)])
+def test_parameter_count_and_state_dict(perceiver, count):
+    config = full_config(perceiver)
+    gpt = model.GPT(config)
+    assert sum(p.numel() for p in gpt.parameters()) == count
+    assert {k: tuple(v.shape) for k, v in gpt.state_dict().items()} == course_keys(perceiver)
+    assert config.block_size == 128 and gpt.get_block_size() == 128  # restored after the bottleneck blocks
+    for name, buf in gpt.named_buffers():
+        assert torch.equal(buf, torch.tril(torch.ones_like(buf))), name
+
+
+def test_architecture_details():
+    gpt = model.GPT(full_config(True))
+    assert isinstance(gpt.blocks[0].mlp[1], torch.nn.GELU) and gpt.blocks[0].mlp[1].approximate == "none"
+    assert gpt.head.bias is None
+    assert torch.count_nonzero(gpt.pos_emb) == 0
+    assert 0.015 < gpt.head.weight.std().item() < 0.025
+    assert torch.all(gpt.ln_f.weight == 1) and torch.all(gpt.blocks[0].attn.key.bias == 0)
+    bound = (6 / (64 * 256 + 1 * 256)) ** 0.5  # xavier-uniform of (1, 64, 256): fan_in 64*256, fan_out 256
+    assert gpt.down_block.C.abs().max() <= bound and gpt.down_block.C.abs().max() > 0.9 * bound
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_causal(perceiver, fast, train):
+    torch.manual_seed(0)
+    config = small_config(perceiver, fast=fast, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    gpt = model.GPT(config).train(train)
+    idx = torch.randint(0, 40, (3, 16))
+    for t in (0, 5, 9, 15):
+        other = idx.clone()
+        other[:, t + 1:] = torch.randint(0, 40, (3, 15 - t))
+        a, _ = gpt(idx)
+        b, _ = gpt(other)
+        assert torch.allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-6), f"position {t} saw the future"
+        if t < 15:
+            assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_shorter_inputs(perceiver):
+    gpt = model.GPT(small_config(perceiver)).eval()
+    idx = torch.randint(0, 40, (2, 16))
+    full, _ = gpt(idx)
+    for t in (1, 3, 8, 12):
+        part, _ = gpt(idx[:, :t])
+        assert part.shape == (2, t, 40)
+        assert torch.allclose(part, full[:, :t], atol=1e-5)
+
+
+def test_loss_ignores_pad():
+    gpt = model.GPT(small_config()).eval()
+    idx = torch.randint(2, 40, (2, 16))
+    targets = torch.randint(2, 40, (2, 16))
+    targets[:, 10:] = 0
+    logits, loss = gpt(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, :10].reshape(-1, 40), targets[:, :10].reshape(-1))
+    assert torch.allclose(loss, expected)
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_fast_attention_matches_course_attention(perceiver):
+    """scaled_dot_product_attention and the explicit score tensor: same loss and gradients."""
+    torch.manual_seed(0)
+    kw = dict(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    plain = model.GPT(full_config(perceiver, fast=False, **kw))
+    fast = model.GPT(full_config(perceiver, fast=True, **kw))
+    fast.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 256, (4, 128))
+    targets = torch.randint(0, 256, (4, 128))
+    losses, grads = [], []
+    for gpt in (plain, fast):
+        _, loss = gpt(idx, targets)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in gpt.parameters()]))
+    assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0])
+    assert (grads[0] - grads[1]).norm() <= 1e-5 * grads[0].norm()

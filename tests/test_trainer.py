@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+
+import model
+import trainer
+from conftest import small_config
+from trainer import TrainerConfig, lr_multiplier, split_by_length
+
+
+def handout_config():
+    # the handout's pretraining schedule: 2,938 documents x 128 positions
+    return TrainerConfig(warmup_tokens=512 * 20, final_tokens=200 * 2938 * 128)
+
+
+def test_lr_schedule_values():
+    c = handout_config()
+    W, F = c.warmup_tokens, c.final_tokens
+    assert lr_multiplier(0, c) == 0.0
+    assert lr_multiplier(W / 2, c) == pytest.approx(0.5)
+    assert lr_multiplier(W, c) == pytest.approx(1.0)
+    # a quarter of the way from warmup to final: cos(pi/4)
+    assert lr_multiplier(W + (F - W) / 4, c) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_multiplier(W + (F - W) / 2, c) == pytest.approx(0.5)
+    assert lr_multiplier(F, c) == pytest.approx(0.1)  # the floor (the cosine is 0 there)
+
+
+def test_lr_schedule_is_not_clamped_after_final_tokens():
+    c = handout_config()
+    W, F = c.warmup_tokens, c.final_tokens
+    at = lambda progress: lr_multiplier(W + progress * (F - W), c)
+    assert at(1.2) == pytest.approx(0.1)  # still on the floor
+    assert at(1.5) == pytest.approx(0.5)  # rising again
+    assert at(2.0) == pytest.approx(1.0)  # back at the full lr
+    assert at(3.0) == pytest.approx(0.1)
+    # 650 epochs of 2,938 rows x 128 positions: progress about 3.25, rising at the end
+    end = 650 * 2938 * 128
+    assert (end - W) / (F - W) == pytest.approx(3.25, abs=0.01)
+    assert lr_multiplier(end, c) > lr_multiplier(end - 2938 * 128, c) > 0.1
+
+
+def test_optimizer_groups():
+    gpt = model.GPT(small_config(True))
+    opt = trainer.configure_optimizer(gpt, TrainerConfig(weight_decay=0.1))
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in gpt.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "down_block.C" in decayed and "pos_emb" in decayed and "blocks.0.attn.key.weight" in decayed
+    assert all(n.endswith("bias") or n.split(".")[-2].startswith("ln") for n in (names[id(p)] for p in no_decay["params"]))
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(gpt.parameters()))
+
+
+def finetune_like_rows(n=24, T=15):
+    """Rows like NameDataset's: PAD targets first, then a few real ones, then PADs."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(2, 40, (n, T), generator=g)
+    y = torch.zeros(n, T, dtype=torch.long)
+    for i in range(n):
+        start = int(torch.randint(1, 8, (1,), generator=g))
+        length = int(torch.randint(2, 7, (1,), generator=g))
+        y[i, start:start + length] = torch.randint(1, 40, (length,), generator=g)
+    y[3] = 0  # a row without any real target
+    return x, y
+
+
+def test_split_keeps_every_real_target():
+    x, y = finetune_like_rows()
+    parts = split_by_length(x, y, 4)
+    assert sum(n for _, _, n in parts) == int((y != 0).sum())
+    assert sorted(t for _, yk, _ in parts for t in yk[yk != 0].tolist()) == sorted(y[y != 0].tolist())
+    assert all(xk.shape == yk.shape for xk, yk, _ in parts)
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+@pytest.mark.parametrize("sub_batches", [2, 5])
+def test_sub_batches_give_the_full_batch_loss_and_gradient(perceiver, sub_batches):
+    torch.manual_seed(0)
+    x, y = finetune_like_rows()
+    cfg = small_config(perceiver, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    results = []
+    for n in (1, sub_batches):
+        gpt = model.GPT(cfg)
+        gpt.load_state_dict(results[0][2] if results else gpt.state_dict())
+        t = trainer.Trainer(gpt, None, None, TrainerConfig(sub_batches=n))
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        loss = t.forward_backward(x, y, scaler)
+        grad = torch.cat([p.grad.flatten() for p in gpt.parameters()])
+        results.append((loss, grad, gpt.state_dict()))
+    (l1, g1, _), (l2, g2, _) = results
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    assert (g1 - g2).norm() <= 1e-5 * g1.norm()

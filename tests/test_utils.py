@@ -1,0 +1,71 @@
+import os
+
+import pytest
+import torch
+
+import model
+import utils
+from conftest import small_config
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_bytes(text.encode("utf-8"))
+    return str(p)
+
+
+def test_evaluate_places(tmp_path):
+    path = write(tmp_path, "dev.tsv", "Where was A born?\tParis\r\nWhere was B born?\tLyon\n\nWhere was C born?\tRome")
+    assert utils.evaluate_places(path, ["Paris", "Rome", "Rome"]) == (3.0, 2.0)
+    assert utils.evaluate_places(path, ["paris", "Lyon ", "x"]) == (3.0, 0.0)  # exact match only
+    with pytest.raises(ValueError, match="3 answers but 2 predictions"):
+        utils.evaluate_places(path, ["Paris", "Lyon"])
+
+
+def test_evaluate_places_without_answers(tmp_path, capsys):
+    path = write(tmp_path, "test.tsv", "Where was A born?\nWhere was B born?\n")
+    assert utils.evaluate_places(path, ["x", "y"]) == (0, 0)
+    assert "No gold birth places" in capsys.readouterr().out
+
+
+def test_read_questions_mixed_file(tmp_path):
+    path = write(tmp_path, "mixed.tsv", "Where was A born?\tParis\nWhere was B born?\n")
+    with pytest.raises(ValueError, match=r"mixed.tsv:2: line lacks a tab but line 1 has one"):
+        utils.read_questions(path)
+
+
+def test_evaluate_places_on_the_course_dev_set(data_dir):
+    path = os.path.join(data_dir, "birth_dev.tsv")
+    rows = utils.read_questions(path)
+    total, correct = utils.evaluate_places(path, ["London"] * len(rows))
+    assert total == len(rows) and correct == sum(1 for _, _, a in rows if a == "London") > 0
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_batched_greedy_decoding_equals_one_prompt_at_a_time(perceiver):
+    torch.manual_seed(0)
+    gpt = model.GPT(small_config(perceiver, block_size=64)).eval()
+    prompts = [torch.randint(2, 40, (n,)).tolist() + [1] for n in (3, 7, 7, 12, 3, 20, 30, 7)]
+    itos = {i: chr(0x25A1) if i == 0 else chr(0x2047) if i == 1 else chr(60 + i) for i in range(40)}
+    fast = utils.predict_places(gpt, prompts, itos, mask_id=1, steps=32, batch_size=2)
+    slow = []
+    for p in prompts:
+        out = utils.sample(gpt, torch.tensor([p]), 32, sample=False)[0]
+        slow.append("".join(itos[int(i)] for i in out).split(itos[1])[1])
+    assert fast == slow
+    # the cache path is what makes it fast: check it was taken for the vanilla model
+    x = torch.tensor([prompts[0]])
+    assert torch.equal(utils.greedy_batch(gpt, x, 32), utils.sample(gpt, x, 32))
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = str(tmp_path / "out.txt")
+    utils.atomic_write(path, lambda f: f.write("good\n"))
+
+    def crash(f):
+        f.write("half")
+        raise RuntimeError("crash")
+    with pytest.raises(RuntimeError):
+        utils.atomic_write(path, crash)
+    assert open(path).read() == "good\n"
+    assert os.listdir(tmp_path) == ["out.txt"]
