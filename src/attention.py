@@ -6,10 +6,13 @@ Both modules keep the course's parameter names (key, query, value, proj) and its
 
 Two ways to compute the same attention:
 - the plain way (`config.fast = False`): the course's explicit (T x T) score
-  tensor, masked_fill, softmax, dropout, matmul. Kept for comparison and debugging.
-- the fast way (default): torch's scaled_dot_product_attention, which picks a
-  flash / memory-efficient kernel on CUDA and avoids materialising the masked
-  score tensor. It computes the same function (tests check this to ~1e-5).
+  tensor, masked_fill, softmax, nn.Dropout, matmul. Kept for comparison and debugging.
+- the fast way (default): on CUDA, torch's scaled_dot_product_attention (flash
+  kernels, dropout inside). On CPU the explicit tensor with a cheaper dropout
+  mask (see Dropout), because there, measured on 2 cores for a (16, 8, 64, 32)
+  forward+backward: SDPA in bf16 took 9.8 ms against 2.2 ms explicit, and
+  SDPA with dropout (its math fallback) 7.1 ms against 3.3 ms explicit with
+  the cheaper mask. Same function either way (tests check this to ~1e-5).
 """
 
 import math
@@ -17,6 +20,29 @@ import math
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+
+class Dropout(nn.Dropout):
+    """
+    nn.Dropout with a cheaper mask on CPU: four 16-bit thresholds cut from each
+    64-bit random word. bernoulli_, which nn.Dropout uses, took 21 ms for a
+    (128, 8, 60, 60) mask against 4 ms this way on 2 cores, and was a fifth of a
+    training step. The drop probability is rounded to a multiple of 1/65536
+    (0.1 becomes 0.100006). On CUDA, or when not training, it is nn.Dropout.
+    """
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()
+        keep = words.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+def dropout(p, config):
+    """The course's nn.Dropout on the plain path, the cheaper mask on the fast one."""
+    return Dropout(p) if getattr(config, "fast", True) else nn.Dropout(p)
 
 
 def _split_heads(t, n_head):
@@ -35,8 +61,8 @@ class CausalSelfAttention(nn.Module):
         self.key = nn.Linear(config.n_embd, config.n_embd)
         self.query = nn.Linear(config.n_embd, config.n_embd)
         self.value = nn.Linear(config.n_embd, config.n_embd)
-        self.attn_drop = nn.Dropout(config.attn_pdrop)
-        self.resid_drop = nn.Dropout(config.resid_pdrop)
+        self.attn_drop = dropout(config.attn_pdrop, config)
+        self.resid_drop = dropout(config.resid_pdrop, config)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         # persistent on purpose: the course's params files carry this buffer
         self.register_buffer("mask", torch.tril(torch.ones(config.block_size, config.block_size))
@@ -72,8 +98,8 @@ class CausalCrossAttention(nn.Module):
         self.key = nn.Linear(config.n_embd, config.n_embd)
         self.query = nn.Linear(config.n_embd, config.n_embd)
         self.value = nn.Linear(config.n_embd, config.n_embd)
-        self.attn_drop = nn.Dropout(config.attn_pdrop)
-        self.resid_drop = nn.Dropout(config.resid_pdrop)
+        self.attn_drop = dropout(config.attn_pdrop, config)
+        self.resid_drop = dropout(config.resid_pdrop, config)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.register_buffer("mask", torch.tril(torch.ones(config.block_size, config.block_size))
                              .view(1, 1, config.block_size, config.block_size))
@@ -103,7 +129,7 @@ def attend(q, k, v, mask, attn_drop, fast, q_offset=0):
     """
     Tq, Tk = q.size(-2), k.size(-2)
     m = mask[:, :, q_offset:q_offset + Tq, :Tk]
-    if fast:
+    if fast and q.device.type != "cpu":
         dropout_p = attn_drop.p if attn_drop.training else 0.0
         if q_offset == 0:
             # is_causal is top-left aligned like the course mask, and lets CUDA use flash kernels

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from attention import CausalCrossAttention, CausalSelfAttention
+from attention import CausalCrossAttention, CausalSelfAttention, dropout
 
 
 class GPTConfig:
@@ -22,7 +22,7 @@ class GPTConfig:
     attn_pdrop = 0.1
     perceiver = False
     bottleneck_dim = None
-    fast = True  # scaled_dot_product_attention; False selects the course's explicit attention
+    fast = True  # False: the course's explicit attention and nn.Dropout, for comparison
 
     def __init__(self, vocab_size, block_size, **kwargs):
         self.vocab_size = vocab_size
@@ -36,7 +36,7 @@ def _mlp(config):
         nn.Linear(config.n_embd, 4 * config.n_embd),
         nn.GELU(),  # exact erf GELU, as in the course
         nn.Linear(4 * config.n_embd, config.n_embd),
-        nn.Dropout(config.resid_pdrop),
+        dropout(config.resid_pdrop, config),
     )
 
 
@@ -103,7 +103,7 @@ class GPT(nn.Module):
         super().__init__()
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_emb = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
-        self.drop = nn.Dropout(config.embd_pdrop)
+        self.drop = dropout(config.embd_pdrop, config)
 
         self.perceiver = config.perceiver
         if config.perceiver:

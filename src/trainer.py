@@ -13,10 +13,17 @@ On top of it, all exact or opt-in:
 - autocast to bf16 (CPU, recent GPUs) or fp16 with a grad scaler (older GPUs).
 """
 
+import contextlib
 import math
+import os
+import random
+import signal
 import time
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import DataLoader
 from tqdm import tqdm
 
@@ -34,13 +41,17 @@ class TrainerConfig:
     warmup_tokens = 375e6
     final_tokens = 260e9
     # checkpoint settings
-    ckpt_path = None
+    ckpt_path = None  # written after every epoch and on SIGINT/SIGTERM, for resuming
+    seed = 0  # shuffling order of every epoch
     num_workers = 0  # DataLoader worker processes; 0 loads in the training process
     writer = None  # a tensorboard SummaryWriter, or None
     # speed (none of these changes what is computed, up to float rounding)
     device = "cpu"
     dtype = "float32"  # or "bfloat16" / "float16": autocast precision of the forward pass
     sub_batches = 1  # >1: sort rows by length and trim the padded tail of each sub-batch
+    # distributed data parallel (set by run.py under torchrun): each rank takes batch_size / world_size rows
+    rank = 0
+    world_size = 1
 
     def __init__(self, **kwargs):
         for k, v in kwargs.items():
@@ -66,8 +77,8 @@ def configure_optimizer(model, config):
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    # foreach is the default multi-tensor AdamW; fused exists on CUDA and recent CPU builds
-    fused = config.device == "cuda" or config.device == "cpu"
+    # the fused kernel (CUDA and CPU) does the whole update in one pass over the parameters
+    fused = torch.device(config.device).type in ("cuda", "cpu")
     return torch.optim.AdamW(optim_groups, lr=config.learning_rate, betas=config.betas, fused=fused)
 
 
@@ -99,85 +110,164 @@ def split_by_length(x, y, n):
     return parts
 
 
+class Interrupted(Exception):
+    """Training stopped by SIGINT or SIGTERM after writing its checkpoint."""
+
+
 class Trainer:
 
     def __init__(self, model, train_dataset, test_dataset, config):
-        self.model = model
+        self.raw_model = model.to(config.device)
+        self.model = self.raw_model
+        if config.world_size > 1:
+            # gradients are averaged across ranks during backward
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[config.device] if config.device.startswith("cuda") else None)
         self.train_dataset = train_dataset
         self.test_dataset = test_dataset
         self.config = config
         self.device = config.device
-        self.model = self.model.to(self.device)
+        self.optimizer = configure_optimizer(self.raw_model, config)
+        # only fp16 needs loss scaling; for the others the scaler is a no-op
+        self.scaler = torch.amp.GradScaler(torch.device(self.device).type, enabled=config.dtype == "float16")
         self.tokens = 0  # counter used for learning rate decay
-        self.step = 0
+        self.step = 0  # optimizer steps so far
+        self.epoch = 0  # epochs completed
+        self.batches_done = 0  # batches of the current epoch already trained (resuming mid-epoch)
+        self.stop_signal = None
 
     def autocast(self):
         enabled = self.config.dtype != "float32"
         dtype = getattr(torch, self.config.dtype)
         return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype, enabled=enabled)
 
-    def forward_backward(self, x, y, scaler):
+    def forward_backward(self, x, y):
         """Loss of the batch (mean over its real targets), its gradient accumulated into .grad."""
-        if self.config.sub_batches <= 1:
-            with self.autocast():
-                _, loss = self.model(x, y)
-            scaler.scale(loss).backward()
-            return loss.item()
-        parts = split_by_length(x, y, self.config.sub_batches)
-        total = sum(n for _, _, n in parts)
+        parts = split_by_length(x, y, self.config.sub_batches) if self.config.sub_batches > 1 else [(x, y, None)]
+        total = sum(n for _, _, n in parts) if len(parts) > 1 else None
+        share = 1.0
+        if self.config.world_size > 1:
+            # weight each rank by its share of the real targets, so that DDP's average
+            # of the ranks' gradients is the gradient of the global batch mean
+            n = torch.tensor([float((y != 0).sum())], device=y.device)
+            dist.all_reduce(n)
+            share = self.config.world_size * float((y != 0).sum()) / max(float(n), 1.0)
         batch_loss = 0.0
-        for xk, yk, n in parts:
-            with self.autocast():
-                _, loss = self.model(xk, yk)
-                loss = loss * (n / total)
-            scaler.scale(loss).backward()
+        for k, (xk, yk, nk) in enumerate(parts):
+            last = k == len(parts) - 1
+            # DDP syncs gradients on the last part's backward only
+            sync = contextlib.nullcontext() if last or self.model is self.raw_model else self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    _, loss = self.model(xk, yk)
+                    if total is not None:
+                        loss = loss * (nk / total)  # the parts' weighted losses sum to the batch mean
+                self.scaler.scale(loss * share).backward()
             batch_loss += loss.item()
         return batch_loss
 
+    def save_checkpoint(self):
+        """Everything needed to continue exactly where training is now, written atomically."""
+        if self.config.ckpt_path is None or self.config.rank != 0:
+            return
+        state = {
+            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "tokens": self.tokens, "step": self.step,
+            "epoch": self.epoch, "batches_done": self.batches_done,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        tmp = self.config.ckpt_path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.config.ckpt_path)
+
+    def load_checkpoint(self, path):
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.tokens, self.step = state["tokens"], state["step"]
+        self.epoch, self.batches_done = state["epoch"], state["batches_done"]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
+
+    def epoch_loader(self):
+        """This epoch's batches not yet trained: a fixed shuffle per (seed, epoch), so a resumed run sees the same order."""
+        config = self.config
+        sampler = DistributedSampler(self.train_dataset, num_replicas=config.world_size, rank=config.rank,
+                                     shuffle=True, seed=config.seed)
+        sampler.set_epoch(self.epoch)
+        rows_per_rank = config.batch_size // config.world_size
+        order = list(sampler)[self.batches_done * rows_per_rank:]
+        return DataLoader(self.train_dataset, batch_size=rows_per_rank, sampler=order,
+                          num_workers=config.num_workers, pin_memory=self.device.startswith("cuda"))
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum
+
     def train(self):
-        model, config = self.model, self.config
-        optimizer = configure_optimizer(model, config)
-        # only fp16 needs loss scaling; for the others the scaler is a no-op
-        scaler = torch.amp.GradScaler(torch.device(self.device).type, enabled=config.dtype == "float16")
-        tokens_per_row = None
+        model, config, optimizer = self.model, self.config, self.optimizer
+        batches_per_epoch = math.ceil(len(DistributedSampler(self.train_dataset, num_replicas=config.world_size,
+                                                             rank=config.rank)) / (config.batch_size // config.world_size))
+        total_steps = config.max_epochs * batches_per_epoch
+        pbar = tqdm(total=total_steps, initial=self.step, disable=config.rank != 0, dynamic_ncols=True,
+                    unit="step", smoothing=0.1)
+        # a signal finishes the current step, then we checkpoint and stop
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        start, start_step, chars = time.time(), self.step, 0
+        try:
+            while self.epoch < config.max_epochs:
+                model.train(True)
+                for x, y in self.epoch_loader():
+                    x = x.to(self.device, non_blocking=True)
+                    y = y.to(self.device, non_blocking=True)
 
-        def run_epoch(epoch):
-            nonlocal tokens_per_row
-            model.train(True)
-            loader = DataLoader(self.train_dataset, shuffle=True, batch_size=config.batch_size,
-                                num_workers=config.num_workers, pin_memory=self.device == "cuda")
-            pbar = tqdm(enumerate(loader), total=len(loader))
-            for it, (x, y) in pbar:
-                x = x.to(self.device, non_blocking=True)
-                y = y.to(self.device, non_blocking=True)
-                tokens_per_row = y.size(1)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = self.forward_backward(x, y)
+                    self.scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_norm_clip)
+                    self.scaler.step(optimizer)
+                    self.scaler.update()
 
-                optimizer.zero_grad(set_to_none=True)
-                loss = self.forward_backward(x, y, scaler)
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_norm_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                    # decay the learning rate based on our progress
+                    if config.lr_decay:
+                        # every target position of the global batch, pads included, as in the course
+                        self.tokens += y.numel() * config.world_size
+                        lr = config.learning_rate * lr_multiplier(self.tokens, config)
+                        for param_group in optimizer.param_groups:
+                            param_group["lr"] = lr
+                    else:
+                        lr = config.learning_rate
 
-                # decay the learning rate based on our progress
-                if config.lr_decay:
-                    self.tokens += y.numel()  # every target position, pads included, as in the course
-                    lr = config.learning_rate * lr_multiplier(self.tokens, config)
-                    for param_group in optimizer.param_groups:
-                        param_group["lr"] = lr
-                else:
-                    lr = config.learning_rate
-
-                pbar.set_description(f"epoch {epoch + 1} iter {it}: train loss {loss:.5f}. lr {lr:e}")
-                if config.writer is not None:
-                    config.writer.add_scalar("train/loss", loss, self.step)
-                    config.writer.add_scalar("train/lr", lr, self.step)
-                self.step += 1
-
-        start = time.time()
-        for epoch in range(config.max_epochs):
-            run_epoch(epoch)
+                    self.step += 1
+                    self.batches_done += 1
+                    chars += int((y != 0).sum()) * config.world_size
+                    pbar.set_description(f"epoch {self.epoch + 1} iter {self.batches_done - 1}: "
+                                         f"train loss {loss:.5f}. lr {lr:e}")
+                    pbar.set_postfix_str(f"{chars / (time.time() - start):,.0f} chars/s", refresh=False)
+                    pbar.update(1)
+                    if config.writer is not None:
+                        config.writer.add_scalar("train/loss", loss, self.step - 1)
+                        config.writer.add_scalar("train/lr", lr, self.step - 1)
+                    if self.stop_signal is not None:
+                        break
+                if self.stop_signal is not None:
+                    self.save_checkpoint()
+                    raise Interrupted(signal.Signals(self.stop_signal).name)
+                self.epoch += 1
+                self.batches_done = 0
+                self.save_checkpoint()
+        finally:
+            pbar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
         elapsed = time.time() - start
-        rows = config.max_epochs * len(self.train_dataset)
-        print(f"trained {config.max_epochs} epochs, {self.step} steps in {elapsed:.1f}s "
-              f"({rows / max(elapsed, 1e-9):.1f} rows/s)")
+        if config.rank == 0:
+            print(f"trained {config.max_epochs} epochs ({self.step - start_step} steps) in {elapsed:.1f}s: "
+                  f"{(self.step - start_step) / max(elapsed, 1e-9):.2f} steps/s, "
+                  f"{chars / max(elapsed, 1e-9):,.0f} chars/s")
