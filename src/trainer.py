@@ -268,6 +268,7 @@ class Trainer:
                 signal.signal(s, h)
         elapsed = time.time() - start
         if config.rank == 0:
-            print(f"trained {config.max_epochs} epochs ({self.step - start_step} steps) in {elapsed:.1f}s: "
+            print(f"trained {config.max_epochs} epochs, {self.step} steps ({self.step - start_step} in this run) "
+                  f"in {elapsed:.1f}s: "
                   f"{(self.step - start_step) / max(elapsed, 1e-9):.2f} steps/s, "
                   f"{chars / max(elapsed, 1e-9):,.0f} chars/s")

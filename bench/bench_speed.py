@@ -1,0 +1,129 @@
+"""
+The course way against this project's default, side by side in one run.
+
+  python bench/bench_speed.py --data_dir ../shared/data [--reps 3] [--cli]
+
+The course way: explicit attention with nn.Dropout, float32, full-length rows,
+torch's default AdamW, and evaluation one prompt at a time. The default: what
+run.py does without --plain. Steps alternate between the two so that machine
+noise hits both alike; the table gives medians and their ratio.
+With --cli it also times whole run.py commands (start-up included): one
+pretraining epoch and the evaluation of the dev questions, --plain against default.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+import dataset  # noqa: E402
+import model  # noqa: E402
+import trainer  # noqa: E402
+import utils  # noqa: E402
+
+
+def make_step(perceiver, fast, vocab_size, x, y):
+    kw = dict(n_layer=4, n_head=8, n_embd=256, fast=fast)
+    if perceiver:
+        kw.update(perceiver=True, bottleneck_dim=64)
+    gpt = model.GPT(model.GPTConfig(vocab_size, 128, **kw))
+    tconf = trainer.TrainerConfig(learning_rate=6e-3, dtype="bfloat16" if fast else "float32",
+                                  sub_batches=8 if fast else 1)
+    t = trainer.Trainer(gpt, None, None, tconf)
+    if not fast:  # the course's optimizer: torch's default (foreach) AdamW
+        t.optimizer = torch.optim.AdamW(t.optimizer.param_groups, lr=6e-3, betas=(0.9, 0.95))
+
+    def step():
+        gpt.train()
+        t.optimizer.zero_grad(set_to_none=True)
+        t.forward_backward(x, y)
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        t.optimizer.step()
+    return step
+
+
+def side_by_side(course, default, reps):
+    course(), default()  # warm-up
+    a, b = [], []
+    for _ in range(reps):
+        for f, times in ((course, a), (default, b)):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+def decode_eval(data_dir, pretrain, fast):
+    gpt = model.GPT(model.GPTConfig(pretrain.vocab_size, 128, n_layer=4, n_head=8, n_embd=256, fast=fast)).eval()
+    rows = utils.read_questions(os.path.join(data_dir, "birth_dev.tsv"))
+    mask_id = pretrain.stoi[pretrain.MASK_CHAR]
+    prompts = [dataset.encode(pretrain.stoi, q) + [mask_id] for _, q, _ in rows]
+
+    def course():
+        for p in prompts:
+            utils.sample(gpt, torch.tensor([p]), 32, sample=False)
+
+    def default():
+        utils.predict_places(gpt, prompts, pretrain.itos, mask_id)
+    return course, default, len(prompts)
+
+
+def cli(args, extra):
+    start = time.perf_counter()
+    subprocess.run([sys.executable, os.path.join(ROOT, "src", "run.py")] + args + extra, check=True,
+                   capture_output=True, cwd=args_tmp)
+    return time.perf_counter() - start
+
+
+def main():
+    global args_tmp
+    argp = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argp.add_argument("--data_dir", default=os.environ.get("A5_DATA_DIR", os.path.join(ROOT, "data")))
+    argp.add_argument("--reps", type=int, default=3)
+    argp.add_argument("--cli", action="store_true", help="also time whole run.py commands")
+    args = argp.parse_args()
+    torch.manual_seed(0)
+    D = args.data_dir
+    with open(os.path.join(D, "wiki.txt"), encoding="utf-8") as f:
+        pretrain = dataset.CharCorruptionDataset(f.read(), 128)
+    with open(os.path.join(D, "birth_places_train.tsv"), encoding="utf-8") as f:
+        names = dataset.NameDataset(pretrain, f.read())
+    loader = lambda ds, bs: next(iter(torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True)))
+    x_pt, y_pt = loader(pretrain, 128)
+    x_ft, y_ft = loader(names, 256)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {D}\n")
+    print("| what | course way | default | speed-up |\n| --- | --- | --- | --- |")
+    for name, perceiver, x, y in (("pretraining step, vanilla (128 rows)", False, x_pt, y_pt),
+                                  ("pretraining step, perceiver m=64", True, x_pt, y_pt),
+                                  ("finetuning step, vanilla (256 rows)", False, x_ft, y_ft),
+                                  ("finetuning step, perceiver m=64", True, x_ft, y_ft)):
+        a, b = side_by_side(make_step(perceiver, False, pretrain.vocab_size, x, y),
+                            make_step(perceiver, True, pretrain.vocab_size, x, y), args.reps)
+        print(f"| {name} | {a:.2f} s | {b:.2f} s | {a / b:.1f}x |", flush=True)
+    course, default, n = decode_eval(D, pretrain, True)
+    a, b = side_by_side(course, default, 1)
+    print(f"| greedy decoding of {n} dev questions (untrained model, 32 characters each) | {a:.1f} s | {b:.2f} s "
+          f"| {a / b:.1f}x |", flush=True)
+
+    if args.cli:
+        import tempfile
+        args_tmp = tempfile.mkdtemp()
+        a = cli(["pretrain", "vanilla", f"{D}/wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "1"],
+                ["--plain"])
+        b = cli(["pretrain", "vanilla", f"{D}/wiki.txt", "--writing_params_path", "q.params", "--max_epochs", "1"], [])
+        print(f"| `run.py pretrain vanilla --max_epochs 1` (whole command) | {a:.1f} s | {b:.1f} s | {a / b:.1f}x |")
+        ev = ["evaluate", "vanilla", f"{D}/wiki.txt", "--reading_params_path", "q.params",
+              "--eval_corpus_path", f"{D}/birth_dev.tsv", "--outputs_path", "dev.predictions"]
+        a, b = cli(ev, ["--plain"]), cli(ev, [])
+        print(f"| `run.py evaluate vanilla` on the dev set (whole command) | {a:.1f} s | {b:.1f} s | {a / b:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

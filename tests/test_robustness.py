@@ -1,0 +1,228 @@
+"""Interrupted runs resume exactly; bad input gets one clear line and a non-zero exit."""
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import dataset
+import model
+import trainer
+import utils
+from conftest import ROOT, small_config
+
+RUN = os.path.join(ROOT, "src", "run.py")
+WIKI = ("Alice Smith. Alice Smith was born in Paris and wrote books about the sea.\n"
+        "Bob Jones. Bob Jones was born in Lyon in 1901 and taught at a school.\n"
+        "Carla Diaz. Carla Diaz was born in Rome; she painted the harbour all her life.\n" * 20
+        + "Where was everybody born?\n")
+TRAIN = "Where was Alice Smith born?\tParis\nWhere was Bob Jones born?\tLyon\n"
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
+    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
+    return tmp_path
+
+
+def cli(args, cwd, **kw):
+    return subprocess.run([sys.executable, RUN] + args, cwd=cwd, capture_output=True, text=True, **kw)
+
+
+# ---------------------------------------------------------------- resuming
+
+class StopAfter(trainer.Trainer):
+    """A trainer that receives a stop signal after a given optimizer step, as SIGINT would deliver it."""
+    stop_at = None
+
+    def forward_backward(self, x, y):
+        loss = super().forward_backward(x, y)
+        if self.step + 1 == self.stop_at:
+            self.stop_signal = signal.SIGINT
+        return loss
+
+
+def tiny_run(tmp_path, stop_at=None, resume=False):
+    torch.manual_seed(0)
+    random.seed(0)
+    ds = dataset.CharCorruptionDataset(WIKI, 16)
+    cfg = small_config(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    cfg.vocab_size = ds.vocab_size
+    tconf = trainer.TrainerConfig(max_epochs=3, batch_size=16, learning_rate=1e-3, lr_decay=True,
+                                  warmup_tokens=100, final_tokens=5000, sub_batches=2,
+                                  ckpt_path=str(tmp_path / "ckpt"))
+    t = StopAfter(model.GPT(cfg), ds, None, tconf)
+    t.stop_at = stop_at
+    if resume:
+        t.load_checkpoint(tconf.ckpt_path)
+    return t
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
+    full = tiny_run(tmp_path / "a")
+    os.makedirs(tmp_path / "a")
+    full.train()
+    os.makedirs(tmp_path / "b")
+    first = tiny_run(tmp_path / "b", stop_at=7)  # 4 batches an epoch: stops in the middle of epoch 2
+    with pytest.raises(trainer.Interrupted):
+        first.train()
+    assert (first.epoch, first.batches_done, first.step) == (1, 3, 7)
+    resumed = tiny_run(tmp_path / "b", resume=True)
+    assert (resumed.epoch, resumed.batches_done, resumed.step) == (1, 3, 7)
+    resumed.train()
+    assert (resumed.step, resumed.tokens) == (full.step, full.tokens) == (12, full.tokens)
+    for (k, a), b in zip(full.raw_model.state_dict().items(), resumed.raw_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), k
+    # the optimizer state continued too
+    sa, sb = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.allclose(sa[i]["exp_avg"], sb[i]["exp_avg"], atol=1e-7) for i in sa)
+
+
+def test_sigint_checkpoints_and_resume_completes(corpus):
+    args = ["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "40"]
+    proc = subprocess.Popen([sys.executable, RUN] + args, cwd=corpus, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(corpus / "p.params.ckpt") and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "--resume" in err
+    assert not os.path.exists(corpus / "p.params"), "an interrupted run must not write the params"
+    state = torch.load(corpus / "p.params.ckpt", weights_only=False)
+    assert 0 < state["step"] < 40 * 1
+
+    # without --resume the checkpoint is protected
+    again = cli(args, corpus)
+    assert again.returncode != 0 and "--resume" in again.stderr and "Traceback" not in again.stderr
+
+    done = cli(args + ["--resume"], corpus)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from p.params.ckpt: epoch {state['epoch'] + 1}, step {state['step']}" in done.stdout
+    steps = re.search(r"trained 40 epochs, (\d+) steps \((\d+) in this run\)", done.stdout)
+    assert steps and int(steps.group(1)) == 40 and int(steps.group(2)) == 40 - state["step"]
+    assert os.path.exists(corpus / "p.params") and not os.path.exists(corpus / "p.params.ckpt")
+
+
+def test_two_process_torchrun(corpus):
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          RUN, "pretrain", "vanilla", "wiki.txt", "--writing_params_path", "d.params",
+                          "--max_epochs", "2"], cwd=corpus, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("trained 2 epochs") == 1, "only rank 0 reports"
+    assert "trained 2 epochs, 2 steps" in out.stdout  # 61 rows, global batch 128: one step an epoch
+    ev = cli(["evaluate", "vanilla", "wiki.txt", "--reading_params_path", "d.params",
+              "--eval_corpus_path", "train.tsv", "--outputs_path", "d.predictions"], corpus)
+    assert ev.returncode == 0 and "Correct: " in ev.stdout, ev.stderr
+
+
+# ---------------------------------------------------------------- bad input
+
+def one_clean_line(out, *needles):
+    assert out.returncode != 0
+    err = out.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture
+def params(corpus):
+    for variant, extra in (("vanilla", []), ("perceiver", ["--bottleneck_dim", "16"])):
+        out = cli(["finetune", variant, "wiki.txt", "--writing_params_path", f"{variant}.params",
+                   "--finetune_corpus_path", "train.tsv", "--max_epochs", "1"] + extra, corpus)
+        assert out.returncode == 0, out.stderr
+    return corpus
+
+
+def evaluate(corpus, variant="vanilla", params="vanilla.params", eval_path="train.tsv", out="o.predictions", extra=()):
+    return cli(["evaluate", variant, "wiki.txt", "--reading_params_path", params, "--eval_corpus_path", eval_path,
+                "--outputs_path", out] + list(extra), corpus)
+
+
+def test_missing_file(corpus):
+    one_clean_line(cli(["pretrain", "vanilla", "nope.txt", "--writing_params_path", "p"], corpus),
+                   "nope.txt", "no such file")
+
+
+def test_missing_flags(corpus):
+    one_clean_line(cli(["finetune", "vanilla", "wiki.txt", "--writing_params_path", "p"], corpus),
+                   "finetune needs --finetune_corpus_path")
+    one_clean_line(cli(["evaluate", "vanilla", "wiki.txt"], corpus),
+                   "evaluate needs --reading_params_path and --eval_corpus_path and --outputs_path")
+
+
+def test_outputs_folder_missing(params):
+    one_clean_line(evaluate(params, out="no/such/dir/o.predictions"), "no/such/dir", "does not exist")
+
+
+def test_mixed_tsv(params):
+    (params / "mixed.tsv").write_text("Where was Alice Smith born?\tParis\nWhere was Bob Jones born?\n")
+    one_clean_line(evaluate(params, eval_path="mixed.tsv"), "mixed.tsv:2:", "lacks a tab")
+    one_clean_line(cli(["finetune", "vanilla", "wiki.txt", "--writing_params_path", "x.params",
+                        "--finetune_corpus_path", "mixed.tsv"], params), "mixed.tsv:2:", "no tab")
+
+
+def test_empty_answer(params):
+    (params / "empty.tsv").write_text("Where was Alice Smith born?\tParis\nWhere was Bob Jones born?\t \n")
+    one_clean_line(evaluate(params, eval_path="empty.tsv"), "empty.tsv:2:", "empty answer")
+
+
+def test_unknown_character(params):
+    (params / "odd.tsv").write_text("Where was Alice Smith born?\tParis\nWhere was Zoë born?\tLyon\n")
+    one_clean_line(evaluate(params, eval_path="odd.tsv"), "odd.tsv:2", "'Z'")
+
+
+def test_params_of_the_other_variant(params):
+    one_clean_line(evaluate(params, params="perceiver.params"), "perceiver params", "vanilla model")
+    one_clean_line(evaluate(params, variant="perceiver", params="vanilla.params", extra=["--bottleneck_dim", "16"]),
+                   "vanilla params", "perceiver with --bottleneck_dim 16")
+    one_clean_line(evaluate(params, variant="perceiver", params="perceiver.params", extra=["--bottleneck_dim", "64"]),
+                   "bottleneck_dim 16", "--bottleneck_dim 64")
+
+
+def test_truncated_and_foreign_params(params):
+    data = (params / "vanilla.params").read_bytes()
+    (params / "cut.params").write_bytes(data[:len(data) // 2])
+    one_clean_line(evaluate(params, params="cut.params"), "cut.params", "not a params file")
+    one_clean_line(evaluate(params, params="train.tsv"), "train.tsv", "not a params file")
+
+
+def test_crlf_blank_lines_and_no_final_newline_just_work(params):
+    (params / "crlf.tsv").write_bytes(b"Where was Alice Smith born?\tParis\r\n\r\nWhere was Bob Jones born?\tLyon")
+    out = evaluate(params, eval_path="crlf.tsv")
+    assert out.returncode == 0, out.stderr
+    assert "out of 2.0" in out.stdout
+    assert len(open(params / "o.predictions").read().split("\n")) == 3
+
+
+def test_fuzz_readers_give_a_result_or_a_clean_error(tmp_path):
+    rng = random.Random(0)
+    pre = dataset.CharCorruptionDataset(WIKI, 32)
+    alphabet = "ab \t\r\n?" + "\u25A1\u2047é"
+    for i in range(300):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(60))) if i % 2 else \
+            "".join(rng.choice(alphabet) for _ in range(rng.randrange(60))).encode("utf-8")
+        text = raw.decode("utf-8", errors="replace")
+        for build in (lambda: dataset.CharCorruptionDataset(text, 32), lambda: dataset.NameDataset(pre, text)):
+            try:
+                ds = build()
+                for j in range(len(ds)):
+                    ds[j]
+            except ValueError as e:
+                assert str(e).startswith("line "), e
+        path = tmp_path / f"f{i}.tsv"
+        path.write_bytes(raw)
+        try:
+            rows = utils.read_questions(str(path))
+            utils.evaluate_places(str(path), ["x"] * len(rows))
+        except ValueError as e:  # UnicodeDecodeError is a ValueError too
+            assert isinstance(e, UnicodeDecodeError) or str(e).startswith(str(path)), e
