@@ -85,26 +85,13 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
 
-class CausalCrossAttention(nn.Module):
+class CausalCrossAttention(CausalSelfAttention):
     """
     Causal cross-attention: keys and values from x_kv (length Tk), queries from
     x_q (length Tq); query i sees keys 0..i (the mask's [:Tq, :Tk] corner).
-    Used by the Perceiver's DownProjectBlock and UpProjectBlock.
+    Used by the Perceiver's DownProjectBlock and UpProjectBlock. Same parameters
+    and mask as self-attention.
     """
-
-    def __init__(self, config):
-        super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.key = nn.Linear(config.n_embd, config.n_embd)
-        self.query = nn.Linear(config.n_embd, config.n_embd)
-        self.value = nn.Linear(config.n_embd, config.n_embd)
-        self.attn_drop = dropout(config.attn_pdrop, config)
-        self.resid_drop = dropout(config.resid_pdrop, config)
-        self.proj = nn.Linear(config.n_embd, config.n_embd)
-        self.register_buffer("mask", torch.tril(torch.ones(config.block_size, config.block_size))
-                             .view(1, 1, config.block_size, config.block_size))
-        self.n_head = config.n_head
-        self.fast = getattr(config, "fast", True)
 
     def forward(self, x_kv, x_q):
         Bk, Tk, C = x_kv.size()
