@@ -91,7 +91,7 @@ def main():
     wiki_people, unseen = people[:N_WIKI], people[N_WIKI:]
     lines = [biography(rng, *p) for p in wiki_people]
     # a few very short documents: the pretraining dataset must cope with them
-    lines += ["Ash.", "Ode. A poem.", "Io"]
+    lines += ["Ash.", "Ode. A poem.", "Io", "Who? Nobody knows."]
     rng.shuffle(lines)
     train = wiki_people[:N_TRAIN]
     dev = wiki_people[N_TRAIN:N_TRAIN + N_DEV_SEEN] + unseen
