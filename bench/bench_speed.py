@@ -59,8 +59,9 @@ def side_by_side(course, default, reps):
     return statistics.median(a), statistics.median(b)
 
 
-def decode_eval(data_dir, pretrain, fast):
-    gpt = model.GPT(model.GPTConfig(pretrain.vocab_size, 128, n_layer=4, n_head=8, n_embd=256, fast=fast)).eval()
+def decode_eval(data_dir, pretrain, perceiver):
+    kw = dict(perceiver=True, bottleneck_dim=64) if perceiver else {}
+    gpt = model.GPT(model.GPTConfig(pretrain.vocab_size, 128, n_layer=4, n_head=8, n_embd=256, **kw)).eval()
     rows = utils.read_questions(os.path.join(data_dir, "birth_dev.tsv"))
     mask_id = pretrain.stoi[pretrain.MASK_CHAR]
     prompts = [dataset.encode(pretrain.stoi, q) + [mask_id] for _, q, _ in rows]
@@ -74,15 +75,14 @@ def decode_eval(data_dir, pretrain, fast):
     return course, default, len(prompts)
 
 
-def cli(args, extra):
+def cli(args, cwd):
     start = time.perf_counter()
-    subprocess.run([sys.executable, os.path.join(ROOT, "src", "run.py")] + args + extra, check=True,
-                   capture_output=True, cwd=args_tmp)
+    subprocess.run([sys.executable, os.path.join(ROOT, "src", "run.py")] + args, check=True,
+                   capture_output=True, cwd=cwd)
     return time.perf_counter() - start
 
 
 def main():
-    global args_tmp
     argp = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     argp.add_argument("--data_dir", default=os.environ.get("A5_DATA_DIR", os.path.join(ROOT, "data")))
     argp.add_argument("--reps", type=int, default=3)
@@ -107,21 +107,21 @@ def main():
         a, b = side_by_side(make_step(perceiver, False, pretrain.vocab_size, x, y),
                             make_step(perceiver, True, pretrain.vocab_size, x, y), args.reps)
         print(f"| {name} | {a:.2f} s | {b:.2f} s | {a / b:.1f}x |", flush=True)
-    course, default, n = decode_eval(D, pretrain, True)
-    a, b = side_by_side(course, default, 1)
-    print(f"| greedy decoding of {n} dev questions (untrained model, 32 characters each) | {a:.1f} s | {b:.2f} s "
-          f"| {a / b:.1f}x |", flush=True)
+    for variant in ("vanilla", "perceiver"):
+        course, default, n = decode_eval(D, pretrain, variant == "perceiver")
+        a, b = side_by_side(course, default, 1)
+        print(f"| greedy decoding of {n} dev questions, {variant} (untrained model, all 32 characters) "
+              f"| {a:.1f} s | {b:.2f} s | {a / b:.1f}x |", flush=True)
 
     if args.cli:
         import tempfile
-        args_tmp = tempfile.mkdtemp()
-        a = cli(["pretrain", "vanilla", f"{D}/wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "1"],
-                ["--plain"])
-        b = cli(["pretrain", "vanilla", f"{D}/wiki.txt", "--writing_params_path", "q.params", "--max_epochs", "1"], [])
+        tmp = tempfile.mkdtemp()
+        pt = ["pretrain", "vanilla", f"{D}/wiki.txt", "--max_epochs", "1", "--writing_params_path"]
+        a, b = cli(pt + ["p.params", "--plain"], tmp), cli(pt + ["q.params"], tmp)
         print(f"| `run.py pretrain vanilla --max_epochs 1` (whole command) | {a:.1f} s | {b:.1f} s | {a / b:.1f}x |")
         ev = ["evaluate", "vanilla", f"{D}/wiki.txt", "--reading_params_path", "q.params",
               "--eval_corpus_path", f"{D}/birth_dev.tsv", "--outputs_path", "dev.predictions"]
-        a, b = cli(ev, ["--plain"]), cli(ev, [])
+        a, b = cli(ev + ["--plain"], tmp), cli(ev, tmp)
         print(f"| `run.py evaluate vanilla` on the dev set (whole command) | {a:.1f} s | {b:.1f} s | {a / b:.1f}x |")
 
 

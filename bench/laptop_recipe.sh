@@ -14,8 +14,7 @@ step() {
   echo "\$ $*" >> "$log"
   local t0=$SECONDS
   "$PY" "$here/src/run.py" "$@" > "$OUT/last.out" 2> "$OUT/last.err" || { tail -5 "$OUT/last.err" >> "$log"; exit 1; }
-  tr '\r' '\n' < "$OUT/last.err" | grep -E "^trained|resuming" >> "$log" || true
-  grep -E "Correct|Predictions written|decoded" "$OUT/last.out" >> "$log" || true
+  grep -E "^(trained|resuming|Correct|Predictions written|decoded)" "$OUT/last.out" >> "$log" || true
   echo "wall time: $((SECONDS - t0)) s" >> "$log"
 }
 start=$SECONDS
