@@ -90,3 +90,42 @@ def test_sub_batches_give_the_full_batch_loss_and_gradient(perceiver, sub_batche
     (l1, g1, _), (l2, g2, _) = results
     assert l2 == pytest.approx(l1, rel=1e-5)
     assert (g1 - g2).norm() <= 1e-5 * g1.norm()
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+@pytest.mark.parametrize("rows", ["pretrain", "finetune"])
+def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
+    """
+    run.py's default (fast attention, 8 length-sorted trimmed sub-batches) against
+    the course's computation (explicit attention, full rows), fp32, dropout off:
+    the same loss and gradients on rows of both datasets. Finetuning rows start
+    with PAD targets, so trimming them by the count of real targets would cut
+    the answer off; this catches it.
+    """
+    import os
+
+    import dataset
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "data", "wiki.txt"), encoding="utf-8") as f:
+        pre = dataset.CharCorruptionDataset(f.read(), 128)
+    ds = pre
+    if rows == "finetune":
+        with open(os.path.join(ROOT, "data", "birth_places_train.tsv"), encoding="utf-8") as f:
+            ds = dataset.NameDataset(pre, f.read())
+    torch.manual_seed(0)
+    x, y = map(torch.stack, zip(*[ds[i] for i in range(48)]))
+    kw = dict(n_layer=4, n_head=8, n_embd=256, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    if perceiver:
+        kw.update(perceiver=True, bottleneck_dim=64)
+    results = []
+    for fast, sub_batches in ((False, 1), (True, 8)):
+        gpt = model.GPT(model.GPTConfig(pre.vocab_size, 128, fast=fast, **kw))
+        if results:
+            gpt.load_state_dict(results[0][2])
+        t = trainer.Trainer(gpt, None, None, TrainerConfig(sub_batches=sub_batches, dtype="float32"))
+        loss = t.forward_backward(x, y)
+        results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()]), gpt.state_dict()))
+    (l1, g1, _), (l2, g2, _) = results
+    assert len(split_by_length(x, y, 8)) == 8
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    assert (g1 - g2).norm() <= 1e-5 * g1.norm()

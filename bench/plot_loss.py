@@ -1,0 +1,73 @@
+"""
+Loss curves from the TensorBoard logs that run.py writes (expt/<function>/<run>).
+
+  python bench/plot_loss.py EXPT_DIR OUT.png [--smooth 23]
+
+Plots train/loss (moving average over --smooth steps, default one pretraining
+epoch of 23 steps) and train/lr of every run found under EXPT_DIR, and prints a
+one-line summary of each: steps, first, lowest and last smoothed loss.
+Needs matplotlib (a dev extra).
+"""
+
+import argparse
+import glob
+import os
+
+import matplotlib
+matplotlib.use("Agg")  # no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def scalars(run_dir, tag):
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})  # 0: keep every point
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return [], []
+    events = acc.Scalars(tag)
+    return [e.step for e in events], [e.value for e in events]
+
+
+def moving_average(values, n):
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - n] if i >= n else 0.0)
+        out.append(total / min(i + 1, n))
+    return out
+
+
+def main():
+    argp = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argp.add_argument("expt_dir")
+    argp.add_argument("out_png")
+    argp.add_argument("--smooth", type=int, default=23)
+    args = argp.parse_args()
+    runs = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(args.expt_dir, "**", "events.out.tfevents.*"),
+                                                         recursive=True)})
+    if not runs:
+        raise SystemExit(f"plot_loss.py: error: no TensorBoard logs under {args.expt_dir}")
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 3.2 * len(runs)), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs):
+        steps, loss = scalars(run, "train/loss")
+        lr_steps, lr = scalars(run, "train/lr")
+        smooth = moving_average(loss, args.smooth)
+        name = os.path.relpath(run, args.expt_dir)
+        print(f"{name}: {len(steps)} steps, smoothed loss first {smooth[0]:.3f}, lowest {min(smooth):.3f}, "
+              f"last {smooth[-1]:.3f}")
+        ax.plot(steps, loss, color="tab:blue", alpha=0.25, linewidth=0.5)
+        ax.plot(steps, smooth, color="tab:blue", label=f"train/loss (mean of {args.smooth} steps)")
+        ax.set_ylabel("loss")
+        ax.set_xlabel("step")
+        ax.set_title(name, fontsize=9)
+        ax2 = ax.twinx()
+        ax2.plot(lr_steps, lr, color="tab:orange", linewidth=1, label="train/lr")
+        ax2.set_ylabel("lr")
+        lines = ax.get_lines()[1:] + ax2.get_lines()
+        ax.legend(lines, [l.get_label() for l in lines], loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out_png, dpi=110)
+    print(f"wrote {args.out_png}")
+
+
+if __name__ == "__main__":
+    main()
