@@ -35,7 +35,9 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
         n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()
+        # (-2**63, None): all 64 bits; plain random_() leaves the top bit 0, and the
+        # fourth 16-bit lane of every word would never be dropped
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)
         keep = words.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 

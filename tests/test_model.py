@@ -121,3 +121,15 @@ def test_fast_attention_matches_course_attention(perceiver):
         grads.append(torch.cat([p.grad.flatten() for p in gpt.parameters()]))
     assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0])
     assert (grads[0] - grads[1]).norm() <= 1e-5 * grads[0].norm()
+
+
+def test_cheap_dropout_drops_p_of_every_position():
+    """The CPU mask cuts four 16-bit thresholds from each random word: each of the four lanes must drop p."""
+    from attention import Dropout
+    torch.manual_seed(0)
+    drop = Dropout(0.1).train()
+    y = drop(torch.ones(250_000, 4))
+    dropped = (y == 0).float().mean(dim=0)
+    assert torch.all((dropped - 0.1).abs() < 0.004), dropped
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    assert torch.equal(drop.eval()(torch.ones(8)), torch.ones(8))
