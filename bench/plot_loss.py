@@ -1,11 +1,13 @@
 """
 Loss curves from the TensorBoard logs that run.py writes (expt/<function>/<run>).
 
-  python bench/plot_loss.py EXPT_DIR OUT.png [--smooth 23]
+  python bench/plot_loss.py EXPT_DIR OUT.png [--smooth 23] [--every K]
 
 Plots train/loss (moving average over --smooth steps, default one pretraining
 epoch of 23 steps) and train/lr of every run found under EXPT_DIR, and prints a
-one-line summary of each: steps, first, lowest and last smoothed loss.
+one-line summary of each: steps, first, lowest and last smoothed loss. With
+--every K it also prints the mean loss of each block of K steps (K = 115: five
+pretraining epochs), for tables.
 Needs matplotlib (a dev extra).
 """
 
@@ -41,6 +43,7 @@ def main():
     argp.add_argument("expt_dir")
     argp.add_argument("out_png")
     argp.add_argument("--smooth", type=int, default=23)
+    argp.add_argument("--every", type=int, default=0, help="print the mean loss of each block of this many steps")
     args = argp.parse_args()
     runs = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(args.expt_dir, "**", "events.out.tfevents.*"),
                                                          recursive=True)})
@@ -54,6 +57,9 @@ def main():
         name = os.path.relpath(run, args.expt_dir)
         print(f"{name}: {len(steps)} steps, smoothed loss first {smooth[0]:.3f}, lowest {min(smooth):.3f}, "
               f"last {smooth[-1]:.3f}")
+        if args.every:
+            blocks = [loss[i:i + args.every] for i in range(0, len(loss), args.every)]
+            print("  mean loss per block of %d steps: %s" % (args.every, " ".join(f"{sum(b) / len(b):.3f}" for b in blocks)))
         ax.plot(steps, loss, color="tab:blue", alpha=0.25, linewidth=0.5)
         ax.plot(steps, smooth, color="tab:blue", label=f"train/loss (mean of {args.smooth} steps)")
         ax.set_ylabel("loss")
