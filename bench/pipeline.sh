@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The handout's pretrain -> finetune -> evaluate pipeline for one variant, each
+# command timed and logged: how the experiments under results/ were made.
+#
+#   bash bench/pipeline.sh VARIANT DATA OUT [PRETRAIN FLAGS...]
+#
+#   the laptop recipe (pretraining compressed to 120 epochs, the lr cosine scaled to match):
+#     bash bench/pipeline.sh vanilla ../shared/data results/laptop_recipe --max_epochs 120 --final_epochs 120
+#   the handout's full run (650 epochs):
+#     bash bench/pipeline.sh vanilla ../shared/data OUT
+#
+# VARIANT is vanilla or perceiver (m = 64, as in the handout). Writes OUT/log.txt
+# (every command, the lines it printed that matter, its wall time), the dev and
+# test predictions, TensorBoard logs in OUT/expt and, where matplotlib is
+# installed, OUT/loss.png. Params stay in OUT (never commit them). Interrupted?
+# Rerun the same command: finished steps are skipped and training resumes from
+# its checkpoint.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+v="$1"; D="$(cd "$2" && pwd)"; mkdir -p "$3"; OUT="$(cd "$3" && pwd)"; shift 3
+PY="${PYTHON:-python}"
+model=(); pt_lr=()
+if [ "$v" = perceiver ]; then model=(--bottleneck_dim 64); pt_lr=(--pretrain_lr 6e-3); fi
+cd "$OUT"
+log="$OUT/log.txt"
+
+step() {  # $1: the file the step makes (skipped if it exists); the rest: run.py's arguments
+  local made=$1; shift
+  if [ -e "$made" ]; then echo "# $made exists: skipped" >> "$log"; return; fi
+  local resume=""
+  if [ -e "$made.ckpt" ]; then resume="--resume"; fi
+  echo "\$ python src/run.py $*${resume:+ $resume}" >> "$log"
+  local t0=$SECONDS
+  if ! "$PY" "$here/src/run.py" "$@" $resume > "$OUT/last.out" 2> "$OUT/last.err"; then
+    tail -3 "$OUT/last.err" >> "$log"; exit 1
+  fi
+  grep -E "^(trained|resuming|Correct|Predictions written|decoded)" "$OUT/last.out" >> "$log" || true
+  echo "wall time: $((SECONDS - t0)) s" >> "$log"
+}
+
+echo "# $(date -u '+%F %T') UTC, $(getconf _NPROCESSORS_ONLN) cores: bash bench/pipeline.sh $v DATA OUT $*" >> "$log"
+start=$SECONDS
+step "$v.pretrain.params" pretrain "$v" "$D/wiki.txt" "${model[@]}" "${pt_lr[@]}" \
+  --writing_params_path "$v.pretrain.params" "$@"
+step "$v.finetune.params" finetune "$v" "$D/wiki.txt" "${model[@]}" --reading_params_path "$v.pretrain.params" \
+  --writing_params_path "$v.finetune.params" --finetune_corpus_path "$D/birth_places_train.tsv"
+step "$v.pretrain.dev.predictions" evaluate "$v" "$D/wiki.txt" "${model[@]}" --reading_params_path "$v.finetune.params" \
+  --eval_corpus_path "$D/birth_dev.tsv" --outputs_path "$v.pretrain.dev.predictions"
+step "$v.pretrain.test.predictions" evaluate "$v" "$D/wiki.txt" "${model[@]}" --reading_params_path "$v.finetune.params" \
+  --eval_corpus_path "$D/birth_test_inputs.tsv" --outputs_path "$v.pretrain.test.predictions"
+echo "total wall time of this invocation: $((SECONDS - start)) s" >> "$log"
+if "$PY" -c "import matplotlib" 2>/dev/null; then
+  "$PY" "$here/bench/plot_loss.py" "$OUT/expt" "$OUT/loss.png" >> "$log"
+fi
