@@ -28,11 +28,14 @@ import trainer  # noqa: E402
 import utils  # noqa: E402
 
 
+def handout_model(vocab_size, perceiver, fast=True):
+    """The handout's model (the Perceiver with m = 64), as run.py builds it."""
+    kw = dict(perceiver=True, bottleneck_dim=64) if perceiver else {}
+    return model.GPT(model.GPTConfig(vocab_size, 128, n_layer=4, n_head=8, n_embd=256, fast=fast, **kw))
+
+
 def make_step(perceiver, fast, vocab_size, x, y):
-    kw = dict(n_layer=4, n_head=8, n_embd=256, fast=fast)
-    if perceiver:
-        kw.update(perceiver=True, bottleneck_dim=64)
-    gpt = model.GPT(model.GPTConfig(vocab_size, 128, **kw))
+    gpt = handout_model(vocab_size, perceiver, fast)
     tconf = trainer.TrainerConfig(learning_rate=6e-3, dtype="bfloat16" if fast else "float32",
                                   sub_batches=8 if fast else 1)
     t = trainer.Trainer(gpt, None, None, tconf)
@@ -60,8 +63,7 @@ def side_by_side(course, default, reps):
 
 
 def decode_eval(data_dir, pretrain, perceiver):
-    kw = dict(perceiver=True, bottleneck_dim=64) if perceiver else {}
-    gpt = model.GPT(model.GPTConfig(pretrain.vocab_size, 128, n_layer=4, n_head=8, n_embd=256, **kw)).eval()
+    gpt = handout_model(pretrain.vocab_size, perceiver).eval()
     rows = utils.read_questions(os.path.join(data_dir, "birth_dev.tsv"))
     mask_id = pretrain.stoi[pretrain.MASK_CHAR]
     prompts = [dataset.encode(pretrain.stoi, q) + [mask_id] for _, q, _ in rows]

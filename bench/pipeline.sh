@@ -19,8 +19,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 v="$1"; D="$(cd "$2" && pwd)"; mkdir -p "$3"; OUT="$(cd "$3" && pwd)"; shift 3
 PY="${PYTHON:-python}"
-model=(); pt_lr=()
-if [ "$v" = perceiver ]; then model=(--bottleneck_dim 64); pt_lr=(--pretrain_lr 6e-3); fi
+model=()
+if [ "$v" = perceiver ]; then model=(--bottleneck_dim 64); fi
 cd "$OUT"
 log="$OUT/log.txt"
 
@@ -40,7 +40,7 @@ step() {  # $1: the file the step makes (skipped if it exists); the rest: run.py
 
 echo "# $(date -u '+%F %T') UTC, $(getconf _NPROCESSORS_ONLN) cores: bash bench/pipeline.sh $v DATA OUT $*" >> "$log"
 start=$SECONDS
-step "$v.pretrain.params" pretrain "$v" "$D/wiki.txt" "${model[@]}" "${pt_lr[@]}" \
+step "$v.pretrain.params" pretrain "$v" "$D/wiki.txt" "${model[@]}" \
   --writing_params_path "$v.pretrain.params" "$@"
 step "$v.finetune.params" finetune "$v" "$D/wiki.txt" "${model[@]}" --reading_params_path "$v.pretrain.params" \
   --writing_params_path "$v.finetune.params" --finetune_corpus_path "$D/birth_places_train.tsv"

@@ -1,11 +1,14 @@
 import math
+import os
+import random
 
 import pytest
 import torch
 
+import dataset
 import model
 import trainer
-from conftest import small_config
+from conftest import ROOT, small_config
 from trainer import TrainerConfig, lr_multiplier, split_by_length
 
 
@@ -73,23 +76,31 @@ def test_split_keeps_every_real_target():
     assert all(xk.shape == yk.shape for xk, yk, _ in parts)
 
 
+def assert_same_loss_and_gradient(reference, other, x, y):
+    """
+    reference and other are (GPTConfig, sub_batches); both models start from the
+    same weights, and Trainer.forward_backward must give the same loss and gradient.
+    """
+    results = []
+    for cfg, sub_batches in (reference, other):
+        gpt = model.GPT(cfg)
+        if results:
+            gpt.load_state_dict(results[0][2])
+        t = trainer.Trainer(gpt, None, None, TrainerConfig(sub_batches=sub_batches))
+        loss = t.forward_backward(x, y)
+        results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()]), gpt.state_dict()))
+    (l1, g1, _), (l2, g2, _) = results
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    assert (g1 - g2).norm() <= 1e-5 * g1.norm()
+
+
 @pytest.mark.parametrize("perceiver", [False, True])
 @pytest.mark.parametrize("sub_batches", [2, 5])
 def test_sub_batches_give_the_full_batch_loss_and_gradient(perceiver, sub_batches):
     torch.manual_seed(0)
     x, y = finetune_like_rows()
     cfg = small_config(perceiver, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
-    results = []
-    for n in (1, sub_batches):
-        gpt = model.GPT(cfg)
-        gpt.load_state_dict(results[0][2] if results else gpt.state_dict())
-        t = trainer.Trainer(gpt, None, None, TrainerConfig(sub_batches=n))
-        loss = t.forward_backward(x, y)
-        grad = torch.cat([p.grad.flatten() for p in gpt.parameters()])
-        results.append((loss, grad, gpt.state_dict()))
-    (l1, g1, _), (l2, g2, _) = results
-    assert l2 == pytest.approx(l1, rel=1e-5)
-    assert (g1 - g2).norm() <= 1e-5 * g1.norm()
+    assert_same_loss_and_gradient((cfg, 1), (cfg, sub_batches), x, y)
 
 
 @pytest.mark.parametrize("perceiver", [False, True])
@@ -102,10 +113,7 @@ def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
     with PAD targets, so trimming them by the count of real targets would cut
     the answer off; this catches it.
     """
-    import os
-
-    import dataset
-    from conftest import ROOT
+    random.seed(0)  # the corruption of pretraining rows
     with open(os.path.join(ROOT, "data", "wiki.txt"), encoding="utf-8") as f:
         pre = dataset.CharCorruptionDataset(f.read(), 128)
     ds = pre
@@ -114,18 +122,10 @@ def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
             ds = dataset.NameDataset(pre, f.read())
     torch.manual_seed(0)
     x, y = map(torch.stack, zip(*[ds[i] for i in range(48)]))
+    assert len(split_by_length(x, y, 8)) == 8
     kw = dict(n_layer=4, n_head=8, n_embd=256, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
     if perceiver:
         kw.update(perceiver=True, bottleneck_dim=64)
-    results = []
-    for fast, sub_batches in ((False, 1), (True, 8)):
-        gpt = model.GPT(model.GPTConfig(pre.vocab_size, 128, fast=fast, **kw))
-        if results:
-            gpt.load_state_dict(results[0][2])
-        t = trainer.Trainer(gpt, None, None, TrainerConfig(sub_batches=sub_batches, dtype="float32"))
-        loss = t.forward_backward(x, y)
-        results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()]), gpt.state_dict()))
-    (l1, g1, _), (l2, g2, _) = results
-    assert len(split_by_length(x, y, 8)) == 8
-    assert l2 == pytest.approx(l1, rel=1e-5)
-    assert (g1 - g2).norm() <= 1e-5 * g1.norm()
+    course = model.GPTConfig(pre.vocab_size, 128, fast=False, **kw)
+    fast = model.GPTConfig(pre.vocab_size, 128, fast=True, **kw)
+    assert_same_loss_and_gradient((course, 1), (fast, 8), x, y)
