@@ -4,8 +4,8 @@
 #
 #   bash bench/pipeline.sh VARIANT DATA OUT [PRETRAIN FLAGS...]
 #
-#   the laptop recipe (pretraining compressed to 120 epochs, the lr cosine scaled to match):
-#     bash bench/pipeline.sh vanilla ../shared/data results/laptop_recipe --max_epochs 120 --final_epochs 120
+#   the laptop recipe tried in results/ (lr 1e-3, pretraining compressed to 120 epochs):
+#     bash bench/pipeline.sh vanilla ../shared/data results/laptop_recipe --pretrain_lr 1e-3 --max_epochs 120 --final_epochs 120
 #   the handout's full run (650 epochs):
 #     bash bench/pipeline.sh vanilla ../shared/data OUT
 #
