@@ -38,6 +38,11 @@ def parse_args(argv=None):
     argp.add_argument("--max_epochs", type=int, default=None,
                       help="epochs of this phase (default: the handout's 650 pretrain, 75 finetune from "
                            "scratch, 10 finetune from pretrained params)")
+    argp.add_argument("--batch_size", type=int, default=None,
+                      help="rows per optimizer step (default: the handout's 128 pretrain, 256 finetune)")
+    argp.add_argument("--warmup_epochs", type=float, default=None,
+                      help="epochs of linear lr warm-up (default: the handout's 512 x 20 tokens, less than "
+                           "one pretraining step)")
     argp.add_argument("--final_epochs", type=float, default=200,
                       help="epochs at which the lr cosine reaches its floor (final_tokens = final_epochs x "
                            "corpus lines x block_size; handout: 200)")
@@ -78,6 +83,10 @@ def check_args(args):
         path = getattr(args, name)
         if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             fail(f"{path}: folder {os.path.dirname(os.path.abspath(path))} does not exist (--{name})")
+    if args.batch_size is not None and args.batch_size < 1:
+        fail(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.warmup_epochs is not None and args.warmup_epochs < 0:
+        fail(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
     if args.variant == "perceiver" and not 0 < args.bottleneck_dim <= BLOCK_SIZE:
         fail(f"--bottleneck_dim must be between 1 and {BLOCK_SIZE}, got {args.bottleneck_dim}")
 
@@ -177,16 +186,19 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
         writer = SummaryWriter(log_dir="expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (
             args.function, args.tb_expt_name, args.variant, int(args.bottleneck_dim),
             args.pretrain_lr, args.finetune_lr))
+    batch_size = args.batch_size or batch_size
+    warmup_tokens = 512 * 20 if args.warmup_epochs is None else args.warmup_epochs * len(train_dataset) * BLOCK_SIZE
     if batch_size % world_size:
         fail(f"the batch of {batch_size} rows does not split evenly over {world_size} processes")
     ckpt_path = args.writing_params_path + ".ckpt"
     tconf = trainer.TrainerConfig(
         max_epochs=args.max_epochs if args.max_epochs is not None else max_epochs,
         batch_size=batch_size, learning_rate=learning_rate, lr_decay=True,
-        warmup_tokens=512 * 20,
+        warmup_tokens=warmup_tokens,
         final_tokens=args.final_epochs * len(pretrain_dataset) * BLOCK_SIZE,
         num_workers=args.num_workers, writer=writer, device=device, seed=args.seed,
-        dtype=pick_dtype(args, device), sub_batches=1 if args.plain else 8,
+        dtype=pick_dtype(args, device),
+        sub_batches=1 if args.plain else trainer.sub_batches_for(batch_size // world_size),
         ckpt_path=ckpt_path, rank=rank, world_size=world_size)
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
     if os.path.exists(ckpt_path):

@@ -88,6 +88,16 @@ def target_lengths(y):
     return ((y != 0) * positions).amax(dim=1)
 
 
+def sub_batches_for(rows):
+    """
+    How many sub-batches to cut `rows` rows into. Measured on 2 CPU cores (bf16,
+    pretraining rows): sub-batches of about 32 rows are fastest; at 128 rows, 4
+    sub-batches take 0.59 s a step against 0.73 s for 8 (kernel overheads) and
+    0.62 s for 2 (less trimming).
+    """
+    return max(2, min(8, rows // 32))
+
+
 def split_by_length(x, y, n):
     """
     Sort the rows by target length and cut them into at most n sub-batches, each

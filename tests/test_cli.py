@@ -1,5 +1,6 @@
 """The course's command lines, run as a user runs them (shortened with --max_epochs)."""
 import glob
+import math
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import dataset
 from conftest import ROOT
 
 RUN = os.path.join(ROOT, "src", "run.py")
@@ -93,9 +95,26 @@ def test_same_seed_same_params(small_corpus, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_batch_size_and_warmup_epochs(small_corpus, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    C = small_corpus
+    out = run(["pretrain", "vanilla", f"{C}/wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "2",
+               "--batch_size", "64", "--warmup_epochs", "1", "--pretrain_lr", "1e-3"], tmp_path)
+    n = len(dataset.CharCorruptionDataset((C / "wiki.txt").read_text(encoding="utf-8"), 128))
+    per_epoch = math.ceil(n / 64)
+    assert f"trained 2 epochs, {2 * per_epoch} steps" in out.stdout
+    acc = EventAccumulator(glob.glob(str(tmp_path / "expt" / "pretrain" / "*"))[0])
+    acc.Reload()
+    lr = [e.value for e in acc.Scalars("train/lr")]
+    # linear warm-up over the first epoch's rows, then the cosine (200 epochs long) from the peak
+    for k in range(per_epoch - 1):
+        assert lr[k] == pytest.approx(1e-3 * (k + 1) * 64 / n, rel=1e-4)
+    assert 0.999e-3 < lr[per_epoch] <= 1e-3
+
+
 def test_help_lists_the_course_flags(tmp_path):
     out = run(["--help"], tmp_path)
     for flag in ("--bottleneck_dim", "--reading_params_path", "--writing_params_path", "--finetune_corpus_path",
                  "--eval_corpus_path", "--outputs_path", "--pretrain_lr", "--finetune_lr", "--tb_expt_name",
-                 "--max_epochs", "--seed", "--device", "--num_workers", "--plain"):
+                 "--max_epochs", "--batch_size", "--warmup_epochs", "--seed", "--device", "--num_workers", "--plain"):
         assert flag in out.stdout

@@ -160,6 +160,12 @@ def test_missing_flags(corpus):
                    "evaluate needs --reading_params_path and --eval_corpus_path and --outputs_path")
 
 
+def test_out_of_range_numbers(corpus):
+    base = ["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p"]
+    one_clean_line(cli(base + ["--batch_size", "0"], corpus), "--batch_size must be at least 1, got 0")
+    one_clean_line(cli(base + ["--warmup_epochs", "-1"], corpus), "--warmup_epochs must not be negative")
+
+
 def test_outputs_folder_missing(params):
     one_clean_line(evaluate(params, out="no/such/dir/o.predictions"), "no/such/dir", "does not exist")
 
