@@ -86,6 +86,7 @@ def biography(rng, first, last, place):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(out, exist_ok=True)
     rng = random.Random(SEED)
     people = make_people(rng, N_WIKI + N_DEV_UNSEEN)
     wiki_people, unseen = people[:N_WIKI], people[N_WIKI:]

@@ -1,0 +1,26 @@
+"""The README's first command (run.sh's demo), shortened to one epoch per phase."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_run_sh_demo_prints_the_table(tmp_path):
+    """The README's first command, shortened: the whole pipeline on the synthetic corpus, ending in a table."""
+    for name in ("src", "data"):
+        shutil.copytree(os.path.join(ROOT, name), tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("london_baseline.py", "run.sh"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    env = dict(os.environ, PYTHON=sys.executable, TRAIN_FLAGS="--max_epochs 1",
+               PRETRAIN_FLAGS="--max_epochs 1 --batch_size 128")
+    out = subprocess.run(["bash", str(tmp_path / "run.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^\| (.+?) \| (\S+)% \((\d+)/(\d+)\) \|$", out.stdout, re.M)
+    assert [r[0] for r in rows] == ["London baseline", "vanilla, no pretraining", "vanilla, pretrain + finetune",
+                                    "perceiver (m=64), pretrain + finetune"], out.stdout
+    dev = sum(1 for line in open(tmp_path / "data" / "birth_dev.tsv", encoding="utf-8") if line.strip())
+    assert all(int(total) == dev for *_, total in rows)
+    assert (tmp_path / "out" / "demo" / "vanilla.pretrain.test.predictions").is_file()
