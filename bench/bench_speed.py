@@ -23,15 +23,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 import dataset  # noqa: E402
-import model  # noqa: E402
+import run  # noqa: E402
 import trainer  # noqa: E402
 import utils  # noqa: E402
 
 
 def handout_model(vocab_size, perceiver, fast=True):
-    """The handout's model (the Perceiver with m = 64), as run.py builds it."""
-    kw = dict(perceiver=True, bottleneck_dim=64) if perceiver else {}
-    return model.GPT(model.GPTConfig(vocab_size, 128, n_layer=4, n_head=8, n_embd=256, fast=fast, **kw))
+    """The handout's model (the Perceiver with m = 64), built by run.py."""
+    args = argparse.Namespace(variant="perceiver" if perceiver else "vanilla", bottleneck_dim=64, plain=not fast)
+    return run.build_model(args, vocab_size)
 
 
 def make_step(perceiver, fast, vocab_size, x, y):

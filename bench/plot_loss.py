@@ -59,7 +59,8 @@ def main():
               f"last {smooth[-1]:.3f}")
         if args.every:
             blocks = [loss[i:i + args.every] for i in range(0, len(loss), args.every)]
-            print("  mean loss per block of %d steps: %s" % (args.every, " ".join(f"{sum(b) / len(b):.3f}" for b in blocks)))
+            means = " ".join(f"{sum(b) / len(b):.3f}" for b in blocks)
+            print(f"  mean loss per block of {args.every} steps: {means}")
         ax.plot(steps, loss, color="tab:blue", alpha=0.25, linewidth=0.5)
         ax.plot(steps, smooth, color="tab:blue", label=f"train/loss (mean of {args.smooth} steps)")
         ax.set_ylabel("loss")

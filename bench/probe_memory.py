@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 import dataset  # noqa: E402
-import model  # noqa: E402
+import run  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -31,14 +31,14 @@ def main():
     argp.add_argument("tsv", help="question<TAB>place lines: the people to probe")
     argp.add_argument("--variant", default="vanilla", choices=["vanilla", "perceiver"])
     argp.add_argument("--bottleneck_dim", type=int, default=32)
+    argp.set_defaults(plain=False)  # run.build_model reads it
     args = argp.parse_args()
 
     with open(args.wiki, encoding="utf-8") as f:
         text = f.read()
     ds = dataset.CharCorruptionDataset(text, 128)
-    kw = dict(perceiver=True, bottleneck_dim=args.bottleneck_dim) if args.variant == "perceiver" else {}
-    gpt = model.GPT(model.GPTConfig(ds.vocab_size, 128, n_layer=4, n_head=8, n_embd=256, **kw))
-    gpt.load_state_dict(torch.load(args.params, map_location="cpu", weights_only=True))
+    gpt = run.build_model(args, ds.vocab_size)
+    run.load_params(gpt, args.params, args, "cpu")  # a clear error for the wrong variant or a bad file
     gpt.eval()
 
     places = {question[len("Where was "):-len(" born?")]: place

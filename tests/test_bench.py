@@ -25,10 +25,11 @@ def test_probe_memory_counts_the_biographies_it_can_probe(tmp_path):
     out = subprocess.run([sys.executable, PROBE, os.path.join(DATA, "wiki.txt"), str(tmp_path / "p.params"), train],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    m = re.fullmatch(r"recalled (\d+) of (\d+) birthplaces \(\S+%\); always '.+' would get (\d+) \(\S+%\)\n", out.stdout)
+    m = re.fullmatch(r"recalled (\d+) of (\d+) birthplaces \(\S+%\); always '.+' would get (\d+) \(\S+%\)\n",
+                     out.stdout)
     assert m, out.stdout
     recalled, probed, prior = map(int, m.groups())
-    # every train person has biographies naming the place early; an untrained model recalls none of them
+    # every train person has a biography naming the place early; an untrained model recalls none of them
     with open(train, encoding="utf-8") as f:
         people = sum(1 for line in f if line.strip())
     assert probed >= people and recalled == 0 and prior > 0

@@ -21,6 +21,7 @@ def test_run_sh_demo_prints_the_table(tmp_path):
     rows = re.findall(r"^\| (.+?) \| (\S+)% \((\d+)/(\d+)\) \|$", out.stdout, re.M)
     assert [r[0] for r in rows] == ["London baseline", "vanilla, no pretraining", "vanilla, pretrain + finetune",
                                     "perceiver (m=64), pretrain + finetune"], out.stdout
-    dev = sum(1 for line in open(tmp_path / "data" / "birth_dev.tsv", encoding="utf-8") if line.strip())
+    dev_lines = (tmp_path / "data" / "birth_dev.tsv").read_text(encoding="utf-8").split("\n")
+    dev = sum(1 for line in dev_lines if line.strip())
     assert all(int(total) == dev for *_, total in rows)
     assert (tmp_path / "out" / "demo" / "vanilla.pretrain.test.predictions").is_file()
