@@ -101,8 +101,9 @@ def sub_batches_for(rows):
 def split_by_length(x, y, n):
     """
     Sort the rows by target length and cut them into at most n sub-batches, each
-    trimmed to its longest row. Returns [(x_i, y_i, real_targets_i)]; rows
-    without any real target are dropped (they contribute nothing to the loss).
+    trimmed to its longest row rounded up to a multiple of 16. Returns
+    [(x_i, y_i, real_targets_i)]; rows without any real target are dropped (they
+    contribute nothing to the loss).
     """
     lengths = target_lengths(y)
     order = torch.argsort(lengths)
@@ -114,7 +115,10 @@ def split_by_length(x, y, n):
     for k in range(n):
         lo, hi = first + rows * k // n, first + rows * (k + 1) // n
         if hi > lo:
-            t = lengths[hi - 1]
+            # trimmed to a multiple of 16: with a length per sub-batch drawn anew every step, glibc's
+            # heap fragments and malloc grew to 12% of a 2-thread CPU step after ~300 steps (1.65 -> 1.30
+            # steps/s); 8 sizes are reused instead (1.67 steps/s throughout, measured side by side)
+            t = min(y.size(1), -(-lengths[hi - 1] // 16) * 16)
             yk = y[lo:hi, :t]
             parts.append((x[lo:hi, :t], yk, int((yk != 0).sum())))
     return parts

@@ -55,14 +55,14 @@ def test_optimizer_groups():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(gpt.parameters()))
 
 
-def finetune_like_rows(n=24, T=15):
+def finetune_like_rows(n=24, T=48):
     """Rows like NameDataset's: PAD targets first, then a few real ones, then PADs."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(2, 40, (n, T), generator=g)
     y = torch.zeros(n, T, dtype=torch.long)
     for i in range(n):
-        start = int(torch.randint(1, 8, (1,), generator=g))
-        length = int(torch.randint(2, 7, (1,), generator=g))
+        start = int(torch.randint(1, 30, (1,), generator=g))
+        length = int(torch.randint(2, 12, (1,), generator=g))
         y[i, start:start + length] = torch.randint(1, 40, (length,), generator=g)
     y[3] = 0  # a row without any real target
     return x, y
@@ -74,6 +74,11 @@ def test_split_keeps_every_real_target():
     assert sum(n for _, _, n in parts) == int((y != 0).sum())
     assert sorted(t for _, yk, _ in parts for t in yk[yk != 0].tolist()) == sorted(y[y != 0].tolist())
     assert all(xk.shape == yk.shape for xk, yk, _ in parts)
+    # each part is cut at the first multiple of 16 past its rows' last real target
+    for _, yk, _ in parts:
+        last = int(trainer.target_lengths(yk).max())
+        assert yk.size(1) == min(48, -(-last // 16) * 16)
+    assert min(yk.size(1) for _, yk, _ in parts) < 48  # some parts are trimmed
 
 
 def assert_same_loss_and_gradient(reference, other, x, y):
@@ -99,7 +104,7 @@ def assert_same_loss_and_gradient(reference, other, x, y):
 def test_sub_batches_give_the_full_batch_loss_and_gradient(perceiver, sub_batches):
     torch.manual_seed(0)
     x, y = finetune_like_rows()
-    cfg = small_config(perceiver, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    cfg = small_config(perceiver, block_size=48, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
     assert_same_loss_and_gradient((cfg, 1), (cfg, sub_batches), x, y)
 
 
