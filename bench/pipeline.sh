@@ -32,7 +32,8 @@ step() {  # $1: the file the step makes (skipped if it exists); the rest: run.py
   echo "\$ python src/run.py $*${resume:+ $resume}" >> "$log"
   local t0=$SECONDS
   if ! "$PY" "$here/src/run.py" "$@" $resume > "$OUT/last.out" 2> "$OUT/last.err"; then
-    tail -3 "$OUT/last.err" >> "$log"; exit 1
+    # progress bars redraw with \r: keep the last three lines as a terminal shows them
+    tr '\r' '\n' < "$OUT/last.err" | grep -v '^ *$' | tail -3 >> "$log"; exit 1
   fi
   grep -E "^(trained|resuming|Correct|Predictions written|decoded)" "$OUT/last.out" >> "$log" || true
   echo "wall time: $((SECONDS - t0)) s" >> "$log"

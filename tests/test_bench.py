@@ -14,6 +14,11 @@ DATA = os.path.join(ROOT, "data")
 PROBE = os.path.join(ROOT, "bench", "probe_memory.py")
 
 
+def lines(name):
+    with open(os.path.join(DATA, name), encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def test_probe_memory_counts_the_biographies_it_can_probe(tmp_path):
     with open(os.path.join(DATA, "wiki.txt"), encoding="utf-8") as f:
         wiki = f.read()
@@ -38,3 +43,51 @@ def test_probe_memory_counts_the_biographies_it_can_probe(tmp_path):
     out = subprocess.run([sys.executable, PROBE, os.path.join(DATA, "wiki.txt"), str(tmp_path / "p.params"),
                           str(tmp_path / "nobody.tsv")], capture_output=True, text=True)
     assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and "no biography" in out.stderr
+
+
+def test_snapshot_curve_finetunes_and_evaluates_each_checkpoint(tmp_path):
+    with open(os.path.join(DATA, "wiki.txt"), encoding="utf-8") as f:
+        ds = dataset.CharCorruptionDataset(f.read(), 128)
+    torch.manual_seed(0)
+    gpt = model.GPT(model.GPTConfig(ds.vocab_size, 128, n_layer=4, n_head=8, n_embd=256))
+    # the keys the trainer writes that the script reads (see Trainer.save_checkpoint)
+    torch.save({"model": gpt.state_dict(), "epoch": 7, "step": 28}, tmp_path / "ep7.ckpt")
+    script = os.path.join(ROOT, "bench", "snapshot_curve.py")
+    out = subprocess.run([sys.executable, script, DATA, str(tmp_path / "out"), str(tmp_path / "ep7.ckpt")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    dev = lines("birth_dev.tsv")
+    assert re.search(rf"^\| 7 \| 28 \| Correct: \d+\.0 out of {dev}\.0: \S+% \|$", out.stdout, re.M), out.stdout
+    with open(tmp_path / "out" / "ep7.dev.predictions", encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == dev
+    # the extracted params are exactly the checkpoint's model
+    params = torch.load(tmp_path / "out" / "ep7.pretrain.params", weights_only=True)
+    assert all(torch.equal(params[k], v) for k, v in gpt.state_dict().items())
+
+
+def test_pipeline_logs_an_interruption_readably_and_resumes(tmp_path):
+    """Interrupt bench/pipeline.sh during pretraining: its log ends with run.py's message, not a wall of
+    progress-bar redraws; the same command then resumes and finishes the pipeline."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    cmd = ["bash", os.path.join(ROOT, "bench", "pipeline.sh"), "vanilla", DATA, str(out), "--max_epochs", "20",
+           "--batch_size", "32"]
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "vanilla.pretrain.params.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 1
+    log = (out / "log.txt").read_text(encoding="utf-8").splitlines()
+    assert log[-1].startswith("interrupted by SIGINT at epoch ") and "--resume" in log[-1]
+    assert all(len(line) < 300 for line in log)
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (out / "log.txt").read_text(encoding="utf-8")
+    assert "--resume" in log and "resuming from vanilla.pretrain.params.ckpt" in log
+    assert re.search(rf"Correct: \d+\.0 out of {lines('birth_dev.tsv')}\.0", log)
+    with open(out / "vanilla.pretrain.test.predictions", encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == lines("birth_test_inputs.tsv")
