@@ -91,3 +91,28 @@ def test_pipeline_logs_an_interruption_readably_and_resumes(tmp_path):
     assert re.search(rf"Correct: \d+\.0 out of {lines('birth_dev.tsv')}\.0", log)
     with open(out / "vanilla.pretrain.test.predictions", encoding="utf-8") as f:
         assert len(f.read().splitlines()) == lines("birth_test_inputs.tsv")
+
+
+def test_grad_precision_tells_safe_params_from_unsafe(tmp_path):
+    with open(os.path.join(DATA, "wiki.txt"), encoding="utf-8") as f:
+        ds = dataset.CharCorruptionDataset(f.read(), 128)
+    torch.manual_seed(0)
+    gpt = model.GPT(model.GPTConfig(ds.vocab_size, 128, n_layer=4, n_head=8, n_embd=256))
+    torch.save(gpt.state_dict(), tmp_path / "init.params")
+    # the handout lr's regime: query and key weights several times their initial norm
+    with torch.no_grad():
+        for block in gpt.blocks:
+            block.attn.query.weight.mul_(40)
+            block.attn.key.weight.mul_(40)
+    torch.save({"model": gpt.state_dict(), "epoch": 1}, tmp_path / "grown.ckpt")
+    script = os.path.join(ROOT, "bench", "grad_precision.py")
+    out = subprocess.run([sys.executable, script, os.path.join(DATA, "wiki.txt"), str(tmp_path / "init.params"),
+                          str(tmp_path / "grown.ckpt"), "--rows", "16"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = re.findall(r"^\| \S+ \| [\d.]+ \| ([\d,. /]+) \| ([\d.]+) \| (-?[\d.]+) \|$", out.stdout, re.M)
+    assert len(rows) == 2, out.stdout
+    (init_logits, init_fp32, init_bf16), (grown_logits, grown_fp32, grown_bf16) = rows
+    largest = lambda s: max(float(v.replace(",", "")) for v in s.split(" / "))
+    assert largest(init_logits) < 10 < 100 < largest(grown_logits)
+    assert float(init_fp32) > 0.9999 and float(grown_fp32) > 0.999 and float(init_bf16) > 0.99
+    assert float(grown_bf16) < 0.9

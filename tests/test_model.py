@@ -133,3 +133,41 @@ def test_cheap_dropout_drops_p_of_every_position():
     assert torch.all((dropped - 0.1).abs() < 0.004), dropped
     assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
     assert torch.equal(drop.eval()(torch.ones(8)), torch.ones(8))
+
+
+def _gradient(gpt, x, y, bf16):
+    gpt.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        _, loss = gpt(x, y)
+    loss.backward()
+    return torch.cat([p.grad.flatten().double() for p in gpt.parameters()])
+
+
+@pytest.mark.parametrize("scale,bf16_exact", [(1, True), (40, False)])
+def test_bf16_gradients_break_on_large_attention_logits(scale, bf16_exact):
+    """
+    Why training defaults to float32: the handout's lr grows the attention logits into the
+    thousands (query/key weights ~7x their initial norm by epoch 50), where bf16's rounding of
+    q and k reorders near-tied keys and the gradient becomes noise. Scaling query and key
+    weights by 40 recreates that regime in a tiny model.
+    """
+    torch.manual_seed(0)
+    gpt = model.GPT(small_config(block_size=48, n_embd=64, embd_pdrop=0, resid_pdrop=0, attn_pdrop=0))
+    with torch.no_grad():
+        for block in gpt.blocks:
+            block.attn.query.weight.mul_(scale)
+            block.attn.key.weight.mul_(scale)
+    x, y = torch.randint(2, 40, (16, 48)), torch.randint(0, 40, (16, 48))
+    exact = _gradient(gpt.double(), x, y, False)
+    gpt.float()
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(_gradient(gpt, x, y, False), exact, dim=0) > 0.99999
+    bf16 = cos(_gradient(gpt, x, y, True), exact, dim=0)
+    assert bf16 > 0.999 if bf16_exact else bf16 < 0.6
+
+
+def test_training_defaults_to_float32():
+    import run
+    assert run.pick_dtype(run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p"])) == "float32"
+    assert run.pick_dtype(run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p",
+                                          "--dtype", "bfloat16"])) == "bfloat16"

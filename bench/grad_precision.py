@@ -1,0 +1,89 @@
+"""
+Is bf16 autocast safe to train these params further? For each params file (or
+trainer checkpoint), on one batch of pretraining rows with dropout off: the
+largest attention logit of each layer, and the cosine between the gradient
+under bf16 autocast and the exact gradient (float64). float32's own cosine is
+printed beside it as the yardstick (1.0000 in every case measured).
+
+  python bench/grad_precision.py WIKI PARAMS [PARAMS ...] [--rows 128] [--variant perceiver --bottleneck_dim 64]
+
+Measured here (results/precision_probe): logits in the tens (lrs of 1e-3 and
+2e-3) give a cosine of 1.000; the handout's lr grows them to ~2,000 and the
+cosine falls to between -0.2 and 0.6.
+"""
+
+import argparse
+import math
+import os
+import random
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+import attention  # noqa: E402
+import dataset  # noqa: E402
+import run  # noqa: E402
+
+
+def gradient(gpt, x, y, bf16=False):
+    gpt.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        _, loss = gpt(x, y)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten().double() for p in gpt.parameters()])
+
+
+def largest_logits(gpt, x):
+    """max |q k^T / sqrt(hs)| over the causal positions, per attention layer in call order."""
+    found, attend = [], attention.attend
+
+    def spy(q, k, v, mask, *rest, **kw):
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+        m = mask[:, :, :q.size(-2), :k.size(-2)]
+        found.append(scores.masked_fill(m == 0, 0).abs().max().item())
+        return attend(q, k, v, mask, *rest, **kw)
+    attention.attend = spy
+    try:
+        with torch.no_grad():
+            gpt(x)
+    finally:
+        attention.attend = attend
+    return found
+
+
+def main():
+    argp = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argp.add_argument("wiki")
+    argp.add_argument("params", nargs="+", help="params files or trainer checkpoints (<params>.ckpt)")
+    argp.add_argument("--rows", type=int, default=128, help="pretraining rows in the batch")
+    argp.add_argument("--variant", default="vanilla", choices=["vanilla", "perceiver"])
+    argp.add_argument("--bottleneck_dim", type=int, default=32)
+    argp.set_defaults(plain=False)  # run.build_model reads it
+    args = argp.parse_args()
+
+    with open(args.wiki, encoding="utf-8") as f:
+        ds = dataset.CharCorruptionDataset(f.read(), 128)
+    random.seed(0)
+    rows = [ds[i % len(ds)] for i in range(args.rows)]
+    x, y = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+    cos = torch.nn.functional.cosine_similarity
+
+    print("| params | loss | largest attention logit per layer | float32 cosine | bf16 cosine |\n"
+          "| --- | --- | --- | --- | --- |")
+    for path in args.params:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("model", state)  # a trainer checkpoint holds the model's state under "model"
+        gpt = run.build_model(args, ds.vocab_size)
+        gpt.load_state_dict(state)
+        gpt.eval()  # dropout off: the gradients differ only by precision
+        logits = largest_logits(gpt, x)
+        loss, exact = gradient(gpt.double(), x, y)
+        gpt.float()
+        fp32, bf16 = cos(gradient(gpt, x, y)[1], exact, dim=0), cos(gradient(gpt, x, y, True)[1], exact, dim=0)
+        print(f"| {path} | {loss:.3f} | {' / '.join(f'{v:,.0f}' for v in logits)} | {fp32:.4f} | {bf16:.3f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
