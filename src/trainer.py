@@ -10,7 +10,8 @@ On top of it, all exact or opt-in:
   longest row. The model is causal, so logits before the cut do not change; the
   sub-batch losses are weighted by their share of the batch's real targets, so
   the accumulated gradient is the full batch's.
-- autocast to bf16 (CPU, recent GPUs) or fp16 with a grad scaler (older GPUs).
+- opt-in autocast to bf16, or fp16 with a grad scaler (run.py --dtype; not exact enough at
+  the handout's lr, see run.pick_dtype).
 """
 
 import contextlib
