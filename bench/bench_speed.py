@@ -39,7 +39,7 @@ def handout_model(vocab_size, perceiver, fast=True):
 def make_step(perceiver, fast, vocab_size, x, y, dtype="float32"):
     gpt = handout_model(vocab_size, perceiver, fast)
     tconf = trainer.TrainerConfig(learning_rate=6e-3, dtype=dtype,
-                                  sub_batches=trainer.sub_batches_for(len(x)) if fast else 1)
+                                  sub_batches=trainer.sub_batches_for(len(x), dtype) if fast else 1)
     t = trainer.Trainer(gpt, None, None, tconf)
     if not fast:  # the course's optimizer: torch's default (foreach) AdamW
         t.optimizer = torch.optim.AdamW(t.optimizer.param_groups, lr=6e-3, betas=(0.9, 0.95))

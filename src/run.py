@@ -190,14 +190,15 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
     if batch_size % world_size:
         fail(f"the batch of {batch_size} rows does not split evenly over {world_size} processes")
     ckpt_path = args.writing_params_path + ".ckpt"
+    dtype = pick_dtype(args)
     tconf = trainer.TrainerConfig(
         max_epochs=args.max_epochs if args.max_epochs is not None else max_epochs,
         batch_size=batch_size, learning_rate=learning_rate, lr_decay=True,
         warmup_tokens=warmup_tokens,
         final_tokens=args.final_epochs * len(pretrain_dataset) * BLOCK_SIZE,
         num_workers=args.num_workers, writer=writer, device=device, seed=args.seed,
-        dtype=pick_dtype(args),
-        sub_batches=1 if args.plain else trainer.sub_batches_for(batch_size // world_size),
+        dtype=dtype,
+        sub_batches=1 if args.plain else trainer.sub_batches_for(batch_size // world_size, dtype),
         ckpt_path=ckpt_path, rank=rank, world_size=world_size)
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
     if os.path.exists(ckpt_path):

@@ -89,14 +89,16 @@ def target_lengths(y):
     return ((y != 0) * positions).amax(dim=1)
 
 
-def sub_batches_for(rows):
+def sub_batches_for(rows, dtype="float32"):
     """
-    How many sub-batches to cut `rows` rows into. Measured on 2 CPU cores (bf16,
-    pretraining rows): sub-batches of about 32 rows are fastest; at 128 rows, 4
-    sub-batches take 0.59 s a step against 0.73 s for 8 (kernel overheads) and
-    0.60-0.69 s for 2 (less trimming). On one thread 4 and 8 cost the same.
+    How many sub-batches to cut `rows` rows into. Measured on 2 CPU cores with
+    pretraining rows, whole run.py epochs from the same checkpoint: in float32,
+    128 rows in 8 sub-batches ran 1.02-1.05 steps/s against 0.92-0.94 for 4
+    (12 and 16: 1.00-1.05). In bf16, sub-batches of about 32 rows are fastest:
+    at 128 rows, 4 took 0.59 s a step against 0.73 s for 8 (kernel overheads).
     """
-    return max(2, min(8, rows // 32))
+    per_sub_batch = 16 if dtype == "float32" else 32
+    return max(2, min(8, rows // per_sub_batch))
 
 
 def split_by_length(x, y, n):
