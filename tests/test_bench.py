@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -116,3 +117,19 @@ def test_grad_precision_tells_safe_params_from_unsafe(tmp_path):
     assert largest(init_logits) < 10 < 100 < largest(grown_logits)
     assert float(init_fp32) > 0.9999 and float(grown_fp32) > 0.999 and float(init_bf16) > 0.99
     assert float(grown_bf16) < 0.9
+
+
+def test_side_by_side_times_each_way_after_a_call_of_its_own():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_speed
+    calls = []
+
+    def way(name):  # slow on a call that follows another way's, like the course step after the default's
+        def f():
+            slow = bool(calls) and calls[-1] != name
+            calls.append(name)
+            time.sleep(0.2 if slow else 0.01)
+        return f
+    a, b = bench_speed.side_by_side(2, way("a"), way("b"))
+    assert calls == ["a", "a", "b", "b", "a", "a", "b", "b"]
+    assert a < 0.1 and b < 0.1
