@@ -6,7 +6,8 @@ The course way against this project's default, side by side in one run.
 The course way: explicit attention with nn.Dropout, float32, full-length rows,
 torch's default AdamW, and evaluation one prompt at a time. The default: what
 run.py does without --plain (float32). Training steps are also timed with
---dtype bfloat16 (opt-in: exact enough at low lrs only, see run.py --help).
+--dtype bfloat16 (opt-in: exact enough at low lrs only, see run.py --help)
+where the CPU has bf16 arithmetic of its own (elsewhere run.py trains in float32).
 The ways take turns so that machine noise hits all alike, each timed step
 after an untimed one of its own (see side_by_side); the table gives medians
 and their ratios to the course way.
@@ -111,17 +112,21 @@ def main():
     x_pt, y_pt = loader(pretrain, 128)
     x_ft, y_ft = loader(names, 256)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {D}\n")
+    bf16 = run.native_dtype("bfloat16", "cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, data {D}\n")
     print("| what | course way | default | speed-up | with --dtype bfloat16 | speed-up |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for name, perceiver, x, y in (("pretraining step, vanilla (128 rows)", False, x_pt, y_pt),
                                   ("pretraining step, perceiver m=64", True, x_pt, y_pt),
                                   ("finetuning step, vanilla (256 rows)", False, x_ft, y_ft),
                                   ("finetuning step, perceiver m=64", True, x_ft, y_ft)):
-        a, b, c = side_by_side(args.reps, make_step(perceiver, False, pretrain.vocab_size, x, y),
-                               make_step(perceiver, True, pretrain.vocab_size, x, y),
-                               make_step(perceiver, True, pretrain.vocab_size, x, y, "bfloat16"))
-        print(f"| {name} | {a:.2f} s | {b:.2f} s | {a / b:.1f}x | {c:.2f} s | {a / c:.1f}x |", flush=True)
+        ways = [make_step(perceiver, fast, pretrain.vocab_size, x, y) for fast in (False, True)]
+        if bf16:
+            ways.append(make_step(perceiver, True, pretrain.vocab_size, x, y, "bfloat16"))
+        a, b, *c = side_by_side(args.reps, *ways)
+        bf16_cells = f"{c[0]:.2f} s | {a / c[0]:.1f}x" if bf16 else "not native on this CPU |"
+        print(f"| {name} | {a:.2f} s | {b:.2f} s | {a / b:.1f}x | {bf16_cells} |", flush=True)
     for variant in ("vanilla", "perceiver"):
         course, default, n = decode_eval(D, pretrain, variant == "perceiver")
         a, b = side_by_side(1, course, default)

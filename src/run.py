@@ -51,7 +51,8 @@ def parse_args(argv=None):
     argp.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                       help="autocast precision for training (auto: float32). bfloat16 runs CPU steps about 2x "
-                           "faster and is exact enough at low lrs (1e-3, 2e-3), but at the handout's 6e-3 the "
+                           "faster on CPUs that have it natively (AVX512-BF16 or AMX; elsewhere it falls back to "
+                           "float32 with a note) and is exact enough at low lrs (1e-3, 2e-3), but at the handout's 6e-3 the "
                            "attention logits grow into the thousands and its gradients turn to noise "
                            "(results/precision_probe); float16 uses loss scaling. Evaluation is always float32")
     argp.add_argument("--resume", action="store_true",
@@ -129,11 +130,28 @@ def setup_distributed(device):
     return device, (rank, world_size)
 
 
-def pick_dtype(args):
+def native_dtype(dtype, device):
+    """Whether the device does dtype's arithmetic in hardware (float32 always does)."""
+    if dtype == "float32":
+        return True
+    if device.startswith("cuda"):
+        return dtype == "float16" or torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        # without AVX512-BF16/FP16 or AMX, oneDNN emulates them: a bf16 matmul ran ~40x slower than
+        # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread)
+        return getattr(torch.ops.mkldnn, f"_is_mkldnn_{'bf16' if dtype == 'bfloat16' else 'fp16'}_supported")()
+    return True
+
+
+def pick_dtype(args, device="cpu"):
     if args.plain or args.dtype == "auto":
         # not bf16, though it doubles the CPU step rate: at the handout's lr the attention logits reach
         # ~2,000 by epoch 50, bf16's rounding of q and k then moves them by ~8, and the gradient's cosine
         # to the exact one fell to 0.02; the run sat on the loss plateau for 280 epochs (results/precision_probe)
+        return "float32"
+    if not native_dtype(args.dtype, device):
+        print(f"run.py: note: this {device} has no {args.dtype} arithmetic of its own (emulated, many times "
+              f"slower than float32): training in float32", file=sys.stderr)
         return "float32"
     return args.dtype
 
@@ -190,7 +208,7 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
     if batch_size % world_size:
         fail(f"the batch of {batch_size} rows does not split evenly over {world_size} processes")
     ckpt_path = args.writing_params_path + ".ckpt"
-    dtype = pick_dtype(args)
+    dtype = pick_dtype(args, device)
     tconf = trainer.TrainerConfig(
         max_epochs=args.max_epochs if args.max_epochs is not None else max_epochs,
         batch_size=batch_size, learning_rate=learning_rate, lr_decay=True,

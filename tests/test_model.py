@@ -169,5 +169,15 @@ def test_bf16_gradients_break_on_large_attention_logits(scale, bf16_exact):
 def test_training_defaults_to_float32():
     import run
     assert run.pick_dtype(run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p"])) == "float32"
-    assert run.pick_dtype(run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p",
-                                          "--dtype", "bfloat16"])) == "bfloat16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_only_where_the_cpu_has_it(native, monkeypatch, capsys):
+    """An AVX2-only CPU emulates bf16 (a matmul ~40x slower than float32): --dtype bfloat16 falls back, with a note."""
+    import run
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    args = run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p", "--dtype", "bfloat16"])
+    assert run.pick_dtype(args, "cpu") == ("bfloat16" if native else "float32")
+    note = capsys.readouterr().err
+    assert ("training in float32" in note) != native
+    assert run.native_dtype("float32", "cpu")
