@@ -51,10 +51,10 @@ def parse_args(argv=None):
     argp.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                       help="autocast precision for training (auto: float32). bfloat16 runs CPU steps about 2x "
-                           "faster on CPUs that have it natively (AVX512-BF16 or AMX; elsewhere it falls back to "
-                           "float32 with a note) and is exact enough at low lrs (1e-3, 2e-3), but at the handout's 6e-3 the "
-                           "attention logits grow into the thousands and its gradients turn to noise "
-                           "(results/precision_probe); float16 uses loss scaling. Evaluation is always float32")
+                           "faster on CPUs that have it natively (AVX512-BF16 or AMX; elsewhere it falls back "
+                           "to float32 with a note) and is exact enough at low lrs (1e-3, 2e-3), but at the "
+                           "handout's 6e-3 the attention logits grow into the thousands and its gradients turn "
+                           "to noise (results/precision_probe); float16 uses loss scaling. Evaluation is always float32")
     argp.add_argument("--resume", action="store_true",
                       help="continue the interrupted run whose checkpoint is <writing_params_path>.ckpt")
     argp.add_argument("--plain", action="store_true",
@@ -138,7 +138,7 @@ def native_dtype(dtype, device):
         return dtype == "float16" or torch.cuda.is_bf16_supported()
     if device == "cpu":
         # without AVX512-BF16/FP16 or AMX, oneDNN emulates them: a bf16 matmul ran ~40x slower than
-        # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread)
+        # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread each)
         return getattr(torch.ops.mkldnn, f"_is_mkldnn_{'bf16' if dtype == 'bfloat16' else 'fp16'}_supported")()
     return True
 
