@@ -54,7 +54,8 @@ def parse_args(argv=None):
                            "faster on CPUs that have it natively (AVX512-BF16 or AMX; elsewhere it falls back "
                            "to float32 with a note) and is exact enough at low lrs (1e-3, 2e-3), but at the "
                            "handout's 6e-3 the attention logits grow into the thousands and its gradients turn "
-                           "to noise (results/precision_probe); float16 uses loss scaling. Evaluation is always float32")
+                           "to noise (results/precision_probe); float16 uses loss scaling. Evaluation is always "
+                           "float32")
     argp.add_argument("--resume", action="store_true",
                       help="continue the interrupted run whose checkpoint is <writing_params_path>.ckpt")
     argp.add_argument("--plain", action="store_true",
