@@ -69,8 +69,9 @@ demo() {
   # short. 50 training questions are 1 step per epoch at the handout's 256 rows:
   # finetuning takes batches of 8 at a gentler lr (both finetunes alike) to read
   # the stored birthplaces out (results/README.md, "Demo on the synthetic corpus").
-  # bf16 halves the time; at these lrs its gradients match float32's (the
-  # handout's 6e-3 is where they do not: results/precision_probe).
+  # bf16 halves the time where the CPU has it (elsewhere run.py says so and trains
+  # in float32); at these lrs its gradients match float32's (the handout's 6e-3 is
+  # where they do not: results/precision_probe).
   D="$here/data"
   mkdir -p "$here/out/demo" && cd "$here/out/demo"
   local log="$here/out/demo/demo.log"
