@@ -140,7 +140,9 @@ def native_dtype(dtype, device):
     if device == "cpu":
         # without AVX512-BF16/FP16 or AMX, oneDNN emulates them: a bf16 matmul ran ~40x slower than
         # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread each)
-        return getattr(torch.ops.mkldnn, f"_is_mkldnn_{'bf16' if dtype == 'bfloat16' else 'fp16'}_supported")()
+        if dtype == "bfloat16":
+            return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
     return True
 
 
