@@ -47,6 +47,8 @@ def parse_args(argv=None):
                       help="epochs at which the lr cosine reaches its floor (final_tokens = final_epochs x "
                            "corpus lines x block_size; handout: 200)")
     argp.add_argument("--seed", type=int, default=0, help="random seed: same seed and device give the same params")
+    argp.add_argument("--shuffle", action="store_true",
+                      help="a new order of the training rows every epoch (the course's loader keeps file order)")
     argp.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     argp.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -217,7 +219,7 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
         batch_size=batch_size, learning_rate=learning_rate, lr_decay=True,
         warmup_tokens=warmup_tokens,
         final_tokens=args.final_epochs * len(pretrain_dataset) * BLOCK_SIZE,
-        num_workers=args.num_workers, writer=writer, device=device, seed=args.seed,
+        num_workers=args.num_workers, writer=writer, device=device, seed=args.seed, shuffle=args.shuffle,
         dtype=dtype,
         sub_batches=1 if args.plain else trainer.sub_batches_for(batch_size // world_size, dtype),
         ckpt_path=ckpt_path, rank=rank, world_size=world_size)

@@ -43,16 +43,43 @@ def test_lr_schedule_is_not_clamped_after_final_tokens():
     assert lr_multiplier(end, c) > lr_multiplier(end - 2938 * 128, c) > 0.1
 
 
-def test_optimizer_groups():
-    gpt = model.GPT(small_config(True))
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_optimizer_groups_follow_the_course_name_rule(perceiver):
+    """
+    The course decays every parameter whose name contains neither "bias" nor
+    "LayerNorm.weight"; its LayerNorms are named ln1/ln2/ln_f, so only biases
+    escape. Our names are the course's (params files are interchangeable).
+    """
+    gpt = model.GPT(small_config(perceiver))
     opt = trainer.configure_optimizer(gpt, TrainerConfig(weight_decay=0.1))
     decay, no_decay = opt.param_groups
-    names = {id(p): n for n, p in gpt.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    decayed = {names[id(p)] for p in decay["params"]}
-    assert "down_block.C" in decayed and "pos_emb" in decayed and "blocks.0.attn.key.weight" in decayed
-    assert all(n.endswith("bias") or n.split(".")[-2].startswith("ln") for n in (names[id(p)] for p in no_decay["params"]))
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(gpt.parameters()))
+    names = {id(p): n for n, p in gpt.named_parameters()}
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    course_rule = sorted(n for n in names.values() if not any(nd in n for nd in ["bias", "LayerNorm.weight"]))
+    assert decayed == course_rule
+    assert decayed == sorted(n for n in names.values() if not n.endswith(".bias"))
+    # what the rule decays that a "matrices only" rule would not: gains, embeddings, C
+    for name in ["tok_emb.weight", "pos_emb", "ln_f.weight", "blocks.0.ln1.weight", "blocks.0.ln2.weight"]:
+        assert name in decayed
+    assert ("down_block.C" in decayed) == perceiver and ("up_block.ln1.weight" in decayed) == perceiver
+    assert len(decayed) + len(no_decay["params"]) == len(list(gpt.parameters()))
+
+
+def test_batches_in_file_order_by_default():
+    """The course's DataLoader has no shuffle=True: every epoch, rows 0, 1, 2, ... in order."""
+    rows = torch.arange(10)
+    ds = torch.utils.data.TensorDataset(rows, rows)
+    gpt = model.GPT(small_config())
+    t = trainer.Trainer(gpt, ds, None, TrainerConfig(batch_size=4))
+    for epoch in range(2):
+        t.epoch = epoch
+        assert [x.tolist() for x, _ in t.epoch_loader()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    t.batches_done = 1  # resuming mid-epoch skips what was trained
+    assert [x.tolist() for x, _ in t.epoch_loader()] == [[4, 5, 6, 7], [8, 9]]
+    shuffled = trainer.Trainer(gpt, ds, None, TrainerConfig(batch_size=4, shuffle=True))
+    order = [x.tolist() for x, _ in shuffled.epoch_loader()]
+    assert sorted(sum(order, [])) == list(range(10)) and sum(order, []) != list(range(10))
 
 
 def finetune_like_rows(n=24, T=48):
@@ -134,3 +161,30 @@ def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
     course = model.GPTConfig(pre.vocab_size, 128, fast=False, **kw)
     fast = model.GPTConfig(pre.vocab_size, 128, fast=True, **kw)
     assert_same_loss_and_gradient((course, 1), (fast, 8), x, y)
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_fast_path_trains_to_the_course_paths_params(perceiver):
+    """
+    Two optimizer steps on pretraining rows through Trainer.train, run.py's default
+    (fast attention, trimmed sub-batches) against the course's computation, dropout
+    off: AdamW with the course's decay groups moves both to the same params.
+    """
+    with open(os.path.join(ROOT, "data", "wiki.txt"), encoding="utf-8") as f:
+        pre = dataset.CharCorruptionDataset(f.read(), 32)
+    ds = torch.utils.data.Subset(pre, range(32))
+    kw = dict(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    trained = []
+    for fast, sub_batches in ((False, 1), (True, 4)):
+        torch.manual_seed(0)
+        cfg = small_config(perceiver, block_size=32, fast=fast, **kw)
+        cfg.vocab_size = pre.vocab_size
+        gpt = model.GPT(cfg)
+        start = torch.cat([p.detach().flatten() for p in gpt.parameters()])
+        random.seed(0)  # the same corruptions for both
+        tconf = TrainerConfig(max_epochs=1, batch_size=16, learning_rate=6e-3, lr_decay=True, warmup_tokens=100,
+                              final_tokens=10_000, sub_batches=sub_batches)
+        trainer.Trainer(gpt, ds, None, tconf).train()
+        trained.append(torch.cat([p.detach().flatten() for p in gpt.parameters()]))
+    assert (trained[0] - start).norm() > 0.1  # the steps moved the params
+    assert (trained[0] - trained[1]).norm() <= 1e-4 * (trained[0] - start).norm()
