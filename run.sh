@@ -48,6 +48,8 @@ vanilla_nopretrain() {
 
 pretrain_finetune_evaluate() {  # $1: vanilla or perceiver; $2: pretrain-only flags; $3...: variant flags
   local v=$1 pt=$2; shift 2
+  # flags the user gives replace the handout's, rather than being passed twice
+  case " ${TRAIN_FLAGS:-} ${PRETRAIN_FLAGS:-} " in *" --pretrain_lr "*|*" --pretrain_lr="*) pt="" ;; esac
   run "$here/src/run.py" pretrain "$v" "$D/wiki.txt" "$@" $pt --writing_params_path "$v.pretrain.params" \
     ${TRAIN_FLAGS:-} ${PRETRAIN_FLAGS:-}
   run "$here/src/run.py" finetune "$v" "$D/wiki.txt" "$@" --reading_params_path "$v.pretrain.params" \

@@ -5,9 +5,8 @@ The course way against this project's default, side by side in one run.
 
 The course way: explicit attention with nn.Dropout, float32, full-length rows,
 torch's default AdamW, and evaluation one prompt at a time. The default: what
-run.py does without --plain (float32). Training steps are also timed with
---dtype bfloat16 (opt-in: exact enough at low lrs only, see run.py --help)
-where the CPU has bf16 arithmetic of its own (elsewhere run.py trains in float32).
+run.py does without --plain, timed in float32 and, where the CPU has bf16
+arithmetic of its own, in bf16, which is then run.py's default (see run.py --help).
 The ways take turns so that machine noise hits all alike, each timed step
 after an untimed one of its own (see side_by_side); the table gives medians
 and their ratios to the course way.
@@ -115,7 +114,8 @@ def main():
     bf16 = run.native_dtype("bfloat16", "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, data {D}\n")
-    print("| what | course way | default | speed-up | with --dtype bfloat16 | speed-up |\n"
+    print(f"run.py's default here: {run.pick_dtype(argparse.Namespace(plain=False, dtype='auto'), 'cpu')}\n")
+    print("| what | course way | default in float32 | speed-up | default in bfloat16 | speed-up |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for name, perceiver, x, y in (("pretraining step, vanilla (128 rows)", False, x_pt, y_pt),
                                   ("pretraining step, perceiver m=64", True, x_pt, y_pt),
@@ -138,7 +138,9 @@ def main():
         tmp = tempfile.mkdtemp()
         pt = ["pretrain", "vanilla", f"{D}/wiki.txt", "--max_epochs", "1", "--writing_params_path"]
         a, b = cli(pt + ["p.params", "--plain"], tmp), cli(pt + ["q.params"], tmp)
-        print(f"| `run.py pretrain vanilla --max_epochs 1` (whole command) | {a:.1f} s | {b:.1f} s | {a / b:.1f}x | | |")
+        dtype = run.pick_dtype(argparse.Namespace(plain=False, dtype="auto"), "cpu")
+        cells = f"{b:.1f} s | {a / b:.1f}x | | |" if dtype == "float32" else f" | | {b:.1f} s | {a / b:.1f}x |"
+        print(f"| `run.py pretrain vanilla --max_epochs 1` (whole command, {dtype}) | {a:.1f} s | {cells}")
         ev = ["evaluate", "vanilla", f"{D}/wiki.txt", "--reading_params_path", "q.params",
               "--eval_corpus_path", f"{D}/birth_dev.tsv", "--outputs_path", "dev.predictions"]
         a, b = cli(ev + ["--plain"], tmp), cli(ev, tmp)

@@ -5,14 +5,14 @@ so nothing in this file really has anything to do with GPT specifically.
 As in the course's minGPT fork: AdamW with weight decay on every parameter whose
 name lacks "bias", grad-norm clipping, batches in file order, and a linear-warmup
 cosine lr schedule driven by a running token count.
-On top of it, all exact or opt-in:
+On top of it, exact up to float rounding:
 - padding-aware sub-batches (`trim`): rows are sorted by the position of their
   last real target and cut into a few sub-batches, each trimmed to its own
   longest row. The model is causal, so logits before the cut do not change; the
   sub-batch losses are weighted by their share of the batch's real targets, so
   the accumulated gradient is the full batch's.
-- opt-in autocast to bf16, or fp16 with a grad scaler (run.py --dtype; not exact enough at
-  the handout's lr, see run.pick_dtype).
+- autocast to bf16 (run.py's default where the hardware has it, see run.pick_dtype), or
+  fp16 with a grad scaler.
 """
 
 import contextlib
@@ -44,6 +44,7 @@ class TrainerConfig:
     final_tokens = 260e9
     # checkpoint settings
     ckpt_path = None  # written after every epoch and on SIGINT/SIGTERM, for resuming
+    save_every = 0  # >0: also keep a copy of the checkpoint every this many epochs, <ckpt_path>.epochE
     shuffle = False  # the course's DataLoader keeps file order every epoch; True: a new order per epoch
     seed = 0  # the shuffled order of every epoch, when shuffle is on
     num_workers = 0  # DataLoader worker processes; 0 loads in the training process
@@ -204,6 +205,11 @@ class Trainer:
         tmp = self.config.ckpt_path + ".tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.config.ckpt_path)
+        every = self.config.save_every
+        if every and self.batches_done == 0 and self.epoch % every == 0:
+            # snapshots along the schedule: resumable, and what bench/snapshot_curve.py reads
+            torch.save(state, tmp)
+            os.replace(tmp, f"{self.config.ckpt_path}.epoch{self.epoch}")
 
     def load_checkpoint(self, path):
         state = torch.load(path, map_location=self.device, weights_only=False)

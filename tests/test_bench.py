@@ -133,3 +133,24 @@ def test_side_by_side_times_each_way_after_a_call_of_its_own():
     a, b = bench_speed.side_by_side(2, way("a"), way("b"))
     assert calls == ["a", "a", "b", "b", "a", "a", "b", "b"]
     assert a < 0.1 and b < 0.1
+
+
+def test_reference_curve_averages_each_epoch_beside_the_reference(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+    run_dir = tmp_path / "expt" / "pretrain" / "run"
+    writer = SummaryWriter(log_dir=str(run_dir))
+    for step in range(7):  # 2 complete epochs of 3 steps, one step of a third
+        writer.add_scalar("train/loss", float(step), step)
+        writer.add_scalar("train/lr", 0.1 * (step + 1), step)
+    writer.close()
+    ref = tmp_path / "ref.csv"
+    ref.write_text("phase,epoch,mean_loss,lr_after_epoch\npretrain,1,3.5,6e-3\npretrain,2,2.5,6e-3\n"
+                   "finetune,1,9.0,6e-4\n")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "reference_curve.py"), str(run_dir),
+                          str(tmp_path / "curve"), "--steps_per_epoch", "3", "--reference", str(ref)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "curve.csv").read_text().splitlines() == [
+        "phase,epoch,mean_loss,lr_after_epoch", "pretrain,1,1.0000,3.00e-01", "pretrain,2,4.0000,6.00e-01"]
+    assert "| 2 | 4.000 | 2.500 |" in out.stdout
+    assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -2,6 +2,7 @@
 import glob
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -116,5 +117,17 @@ def test_help_lists_the_course_flags(tmp_path):
     out = run(["--help"], tmp_path)
     for flag in ("--bottleneck_dim", "--reading_params_path", "--writing_params_path", "--finetune_corpus_path",
                  "--eval_corpus_path", "--outputs_path", "--pretrain_lr", "--finetune_lr", "--tb_expt_name",
-                 "--max_epochs", "--batch_size", "--warmup_epochs", "--seed", "--device", "--num_workers", "--plain"):
+                 "--max_epochs", "--batch_size", "--warmup_epochs", "--seed", "--device", "--num_workers", "--plain",
+                 "--shuffle", "--save_every", "--dtype", "--resume", "--final_epochs"):
         assert flag in out.stdout
+
+
+def test_readme_documents_every_flag_beyond_the_course():
+    with open(os.path.join(ROOT, "src", "run.py"), encoding="utf-8") as f:
+        additions = f.read().split("# additions to the course's flags")[1]
+    flags = re.findall(r'add_argument\("(--\w+)"', additions)
+    assert len(flags) >= 12
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    missing = [flag for flag in flags if f"`{flag}" not in readme]
+    assert not missing, f"README.md does not document {missing}"

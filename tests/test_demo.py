@@ -15,7 +15,7 @@ def test_run_sh_demo_prints_the_table(tmp_path):
     for name in ("london_baseline.py", "run.sh"):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_FLAGS="--max_epochs 1",
-               PRETRAIN_FLAGS="--max_epochs 1 --batch_size 128")
+               PRETRAIN_FLAGS="--max_epochs 1 --batch_size 128 --pretrain_lr 1e-3")
     out = subprocess.run(["bash", str(tmp_path / "run.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = re.findall(r"^\| (.+?) \| (\S+)% \((\d+)/(\d+)\) \|$", out.stdout, re.M)
@@ -25,3 +25,6 @@ def test_run_sh_demo_prints_the_table(tmp_path):
     dev = sum(1 for line in dev_lines if line.strip())
     assert all(int(total) == dev for *_, total in rows)
     assert (tmp_path / "out" / "demo" / "vanilla.pretrain.test.predictions").is_file()
+    # a --pretrain_lr of the user's replaces the perceiver command's 6e-3 instead of following it
+    pretrain_lines = re.findall(r"^\+ .*run\.py pretrain .*$", out.stdout, re.M)
+    assert len(pretrain_lines) == 2 and all(l.count("--pretrain_lr") == 1 for l in pretrain_lines), pretrain_lines

@@ -2,6 +2,7 @@
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,22 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
     # the optimizer state continued too
     sa, sb = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.allclose(sa[i]["exp_avg"], sb[i]["exp_avg"], atol=1e-7) for i in sa)
+
+
+def test_snapshots_every_n_epochs_resume_to_the_same_params(tmp_path):
+    full = tiny_run(tmp_path / "a")
+    os.makedirs(tmp_path / "a")
+    full.config.save_every = 2
+    full.train()
+    snapshots = sorted(os.listdir(tmp_path / "a"))
+    assert snapshots == ["ckpt", "ckpt.epoch2"]
+    os.makedirs(tmp_path / "b")
+    shutil.copy(tmp_path / "a" / "ckpt.epoch2", tmp_path / "b" / "ckpt")
+    resumed = tiny_run(tmp_path / "b", resume=True)
+    assert (resumed.epoch, resumed.batches_done, resumed.step) == (2, 0, 8)
+    resumed.train()
+    for a, b in zip(full.raw_model.state_dict().values(), resumed.raw_model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_sigint_checkpoints_and_resume_completes(corpus):
