@@ -102,7 +102,7 @@ def main():
     argp.add_argument("--cli", action="store_true", help="also time whole run.py commands")
     args = argp.parse_args()
     torch.manual_seed(0)
-    D = args.data_dir
+    D = os.path.abspath(args.data_dir)  # the --cli commands run in a temporary folder
     with open(os.path.join(D, "wiki.txt"), encoding="utf-8") as f:
         pretrain = dataset.CharCorruptionDataset(f.read(), 128)
     with open(os.path.join(D, "birth_places_train.tsv"), encoding="utf-8") as f:

@@ -4,12 +4,14 @@
 #
 #   bash bench/pipeline.sh VARIANT DATA OUT [PRETRAIN FLAGS...]
 #
-#   the laptop recipe tried in results/ (lr 1e-3, pretraining compressed to 120 epochs):
-#     bash bench/pipeline.sh vanilla ../shared/data results/laptop_recipe --pretrain_lr 1e-3 --max_epochs 120 --final_epochs 120
-#   the handout's full run (650 epochs):
+#   the handout's full run (650 epochs), e.g. on a GPU, and the same the course's way:
 #     bash bench/pipeline.sh vanilla ../shared/data OUT
+#     FLAGS=--plain bash bench/pipeline.sh vanilla ../shared/data OUT_plain
+#   a compressed schedule (results/README.md):
+#     bash bench/pipeline.sh vanilla ../shared/data OUT --pretrain_lr 3e-3 --max_epochs 60 --final_epochs 60
 #
-# VARIANT is vanilla or perceiver (m = 64, as in the handout). Writes OUT/log.txt
+# VARIANT is vanilla or perceiver (m = 64, as in the handout). $FLAGS go to every
+# command (pretrain, finetune, evaluate), the other arguments to pretraining only. Writes OUT/log.txt
 # (every command, the lines it printed that matter, its wall time), the dev and
 # test predictions, TensorBoard logs in OUT/expt and, where matplotlib is
 # installed, OUT/loss.png. Params stay in OUT (never commit them). Interrupted?
@@ -21,6 +23,7 @@ v="$1"; D="$(cd "$2" && pwd)"; mkdir -p "$3"; OUT="$(cd "$3" && pwd)"; shift 3
 PY="${PYTHON:-python}"
 model=()
 if [ "$v" = perceiver ]; then model=(--bottleneck_dim 64); fi
+model+=(${FLAGS:-})
 cd "$OUT"
 log="$OUT/log.txt"
 

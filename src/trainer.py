@@ -243,55 +243,64 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
 
+    def optimizer_step(self, x, y):
+        """One AdamW step on the batch (x, y), its gradient clipped; returns the batch's loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.forward_backward(x, y)
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_norm_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.batches_done += 1
+        return loss
+
+    def update_lr(self, y):
+        """The course's schedule, driven by every target position trained so far, pads included."""
+        config = self.config
+        if not config.lr_decay:
+            return config.learning_rate
+        self.tokens += y.numel() * config.world_size  # the global batch
+        lr = config.learning_rate * lr_multiplier(self.tokens, config)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        return lr
+
+    def progress_bar(self):
+        config = self.config
+        rows = len(DistributedSampler(self.train_dataset, num_replicas=config.world_size, rank=config.rank))
+        batches_per_epoch = math.ceil(rows / (config.batch_size // config.world_size))
+        return tqdm(total=config.max_epochs * batches_per_epoch, initial=self.step, disable=config.rank != 0,
+                    dynamic_ncols=True, unit="step", smoothing=0.1)
+
+    def log(self, pbar, loss, lr, chars_per_s):
+        """The course's tqdm description, and train/loss and train/lr to TensorBoard."""
+        pbar.set_description(f"epoch {self.epoch + 1} iter {self.batches_done - 1}: train loss {loss:.5f}. lr {lr:e}")
+        pbar.set_postfix_str(f"{chars_per_s:,.0f} chars/s", refresh=False)
+        pbar.update(1)
+        if self.config.writer is not None:
+            self.config.writer.add_scalar("train/loss", loss, self.step - 1)
+            self.config.writer.add_scalar("train/lr", lr, self.step - 1)
+
     def train(self):
-        model, config, optimizer = self.model, self.config, self.optimizer
-        batches_per_epoch = math.ceil(len(DistributedSampler(self.train_dataset, num_replicas=config.world_size,
-                                                             rank=config.rank)) / (config.batch_size // config.world_size))
-        total_steps = config.max_epochs * batches_per_epoch
-        pbar = tqdm(total=total_steps, initial=self.step, disable=config.rank != 0, dynamic_ncols=True,
-                    unit="step", smoothing=0.1)
+        config = self.config
+        pbar = self.progress_bar()
         # a signal finishes the current step, then we checkpoint and stop
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start, start_step, chars = time.time(), self.step, 0
         try:
             while self.epoch < config.max_epochs:
-                model.train(True)
+                self.model.train(True)
                 for x, y in self.epoch_loader():
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
-
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = self.forward_backward(x, y)
-                    self.scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_norm_clip)
-                    self.scaler.step(optimizer)
-                    self.scaler.update()
-
-                    # decay the learning rate based on our progress
-                    if config.lr_decay:
-                        # every target position of the global batch, pads included, as in the course
-                        self.tokens += y.numel() * config.world_size
-                        lr = config.learning_rate * lr_multiplier(self.tokens, config)
-                        for param_group in optimizer.param_groups:
-                            param_group["lr"] = lr
-                    else:
-                        lr = config.learning_rate
-
-                    self.step += 1
-                    self.batches_done += 1
+                    loss = self.optimizer_step(x, y)
+                    lr = self.update_lr(y)
                     chars += int((y != 0).sum()) * config.world_size
-                    pbar.set_description(f"epoch {self.epoch + 1} iter {self.batches_done - 1}: "
-                                         f"train loss {loss:.5f}. lr {lr:e}")
-                    pbar.set_postfix_str(f"{chars / (time.time() - start):,.0f} chars/s", refresh=False)
-                    pbar.update(1)
-                    if config.writer is not None:
-                        config.writer.add_scalar("train/loss", loss, self.step - 1)
-                        config.writer.add_scalar("train/lr", lr, self.step - 1)
+                    self.log(pbar, loss, lr, chars / (time.time() - start))
                     if self.stop_signal is not None:
-                        break
-                if self.stop_signal is not None:
-                    self.save_checkpoint()
-                    raise Interrupted(signal.Signals(self.stop_signal).name)
+                        self.save_checkpoint()
+                        raise Interrupted(signal.Signals(self.stop_signal).name)
                 self.epoch += 1
                 self.batches_done = 0
                 self.save_checkpoint()
@@ -299,9 +308,8 @@ class Trainer:
             pbar.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
-        elapsed = time.time() - start
+        elapsed = max(time.time() - start, 1e-9)
         if config.rank == 0:
-            print(f"trained {config.max_epochs} epochs, {self.step} steps ({self.step - start_step} in this run) "
-                  f"in {elapsed:.1f}s: "
-                  f"{(self.step - start_step) / max(elapsed, 1e-9):.2f} steps/s, "
-                  f"{chars / max(elapsed, 1e-9):,.0f} chars/s")
+            steps = self.step - start_step
+            print(f"trained {config.max_epochs} epochs, {self.step} steps ({steps} in this run) "
+                  f"in {elapsed:.1f}s: {steps / elapsed:.2f} steps/s, {chars / elapsed:,.0f} chars/s")
