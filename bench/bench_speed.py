@@ -112,9 +112,10 @@ def main():
     x_ft, y_ft = loader(names, 256)
 
     bf16 = run.native_dtype("bfloat16", "cpu")
+    default_dtype = run.pick_dtype(argparse.Namespace(plain=False, dtype="auto"), "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, data {D}\n")
-    print(f"run.py's default here: {run.pick_dtype(argparse.Namespace(plain=False, dtype='auto'), 'cpu')}\n")
+    print(f"run.py's default here: {default_dtype}\n")
     print("| what | course way | default in float32 | speed-up | default in bfloat16 | speed-up |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for name, perceiver, x, y in (("pretraining step, vanilla (128 rows)", False, x_pt, y_pt),
@@ -138,9 +139,8 @@ def main():
         tmp = tempfile.mkdtemp()
         pt = ["pretrain", "vanilla", f"{D}/wiki.txt", "--max_epochs", "1", "--writing_params_path"]
         a, b = cli(pt + ["p.params", "--plain"], tmp), cli(pt + ["q.params"], tmp)
-        dtype = run.pick_dtype(argparse.Namespace(plain=False, dtype="auto"), "cpu")
-        cells = f"{b:.1f} s | {a / b:.1f}x | | |" if dtype == "float32" else f" | | {b:.1f} s | {a / b:.1f}x |"
-        print(f"| `run.py pretrain vanilla --max_epochs 1` (whole command, {dtype}) | {a:.1f} s | {cells}")
+        cells = f"{b:.1f} s | {a / b:.1f}x | | |" if default_dtype == "float32" else f" | | {b:.1f} s | {a / b:.1f}x |"
+        print(f"| `run.py pretrain vanilla --max_epochs 1` (whole command, {default_dtype}) | {a:.1f} s | {cells}")
         ev = ["evaluate", "vanilla", f"{D}/wiki.txt", "--reading_params_path", "q.params",
               "--eval_corpus_path", f"{D}/birth_dev.tsv", "--outputs_path", "dev.predictions"]
         a, b = cli(ev + ["--plain"], tmp), cli(ev, tmp)

@@ -30,6 +30,11 @@ def scalars(run_dir, tag):
     return [e.step for e in events], [e.value for e in events]
 
 
+def block_means(values, n):
+    """Mean of each block of n values (the last block may be shorter)."""
+    return [sum(values[i:i + n]) / len(values[i:i + n]) for i in range(0, len(values), n)]
+
+
 def moving_average(values, n):
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -58,8 +63,7 @@ def main():
         print(f"{name}: {len(steps)} steps, smoothed loss first {smooth[0]:.3f}, lowest {min(smooth):.3f}, "
               f"last {smooth[-1]:.3f}")
         if args.every:
-            blocks = [loss[i:i + args.every] for i in range(0, len(loss), args.every)]
-            means = " ".join(f"{sum(b) / len(b):.3f}" for b in blocks)
+            means = " ".join(f"{m:.3f}" for m in block_means(loss, args.every))
             print(f"  mean loss per block of {args.every} steps: {means}")
         ax.plot(steps, loss, color="tab:blue", alpha=0.25, linewidth=0.5)
         ax.plot(steps, smooth, color="tab:blue", label=f"train/loss (mean of {args.smooth} steps)")

@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from plot_loss import scalars  # noqa: E402
+from plot_loss import block_means, scalars  # noqa: E402
 
 
 def per_epoch(run_dir, steps_per_epoch):
@@ -31,11 +31,9 @@ def per_epoch(run_dir, steps_per_epoch):
     _, lr = scalars(run_dir, "train/lr")
     if not loss:
         raise SystemExit(f"reference_curve.py: error: {run_dir}: no train/loss scalars")
-    rows = []
-    for e in range(len(loss) // steps_per_epoch):
-        block = loss[e * steps_per_epoch:(e + 1) * steps_per_epoch]
-        rows.append((e + 1, sum(block) / len(block), lr[(e + 1) * steps_per_epoch - 1]))
-    return rows
+    complete = len(loss) // steps_per_epoch
+    means = block_means(loss[:complete * steps_per_epoch], steps_per_epoch)
+    return [(e + 1, m, lr[(e + 1) * steps_per_epoch - 1]) for e, m in enumerate(means)]
 
 
 def read_reference(path):
@@ -76,7 +74,7 @@ def main():
     header = ["epoch", args.label] + list(refs)
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
     ours = {e: l for e, l, _ in rows}
-    for e in [e for e in range(10, last + 1, 10)] + ([last] if last % 10 else []):
+    for e in list(range(10, last + 1, 10)) + ([last] if last % 10 else []):
         cells = [f"{ours[e]:.3f}"] + [f"{ref[e]:.3f}" if e in ref else "" for ref in refs.values()]
         print(f"| {e} | " + " | ".join(cells) + " |")
     print(f"wrote {args.out}.csv and {args.out}.png")

@@ -19,6 +19,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import signal
 import time
 
@@ -80,10 +81,13 @@ def configure_optimizer(model, config):
     # gains, embeddings, pos_emb and the Perceiver's C are all decayed. Keep it so: exempting the
     # gains kept the handout's pretraining on its loss plateau (0-5% dev instead of 22-28%; SPEC 8).
     no_decay = ["bias", "LayerNorm.weight"]
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay, exempt = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (exempt if any(nd in n for nd in no_decay) else decay).append(p)
     optim_groups = [
-        {"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": exempt, "weight_decay": 0.0},
     ]
     # the fused kernel (CUDA and CPU) does the whole update in one pass over the parameters
     fused = torch.device(config.device).type in ("cuda", "cpu")
@@ -208,7 +212,7 @@ class Trainer:
         every = self.config.save_every
         if every and self.batches_done == 0 and self.epoch % every == 0:
             # snapshots along the schedule: resumable, and what bench/snapshot_curve.py reads
-            torch.save(state, tmp)
+            shutil.copyfile(self.config.ckpt_path, tmp)
             os.replace(tmp, f"{self.config.ckpt_path}.epoch{self.epoch}")
 
     def load_checkpoint(self, path):

@@ -188,3 +188,29 @@ def test_fast_path_trains_to_the_course_paths_params(perceiver):
         trained.append(torch.cat([p.detach().flatten() for p in gpt.parameters()]))
     assert (trained[0] - start).norm() > 0.1  # the steps moved the params
     assert (trained[0] - trained[1]).norm() <= 1e-4 * (trained[0] - start).norm()
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_bf16_default_step_is_close_to_the_course_paths(perceiver):
+    """
+    Where the hardware has bf16, run.py's default step is the fast path under bf16
+    autocast: not exact, but at initial-scale attention logits its loss and
+    gradient must match the course's float32 computation closely.
+    """
+    random.seed(0)
+    with open(os.path.join(ROOT, "data", "wiki.txt"), encoding="utf-8") as f:
+        pre = dataset.CharCorruptionDataset(f.read(), 128)
+    x, y = map(torch.stack, zip(*[pre[i] for i in range(32)]))
+    kw = dict(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    results = []
+    for fast, dtype in ((False, "float32"), (True, "bfloat16")):
+        torch.manual_seed(0)
+        cfg = small_config(perceiver, block_size=128, fast=fast, **kw)
+        cfg.vocab_size = pre.vocab_size
+        gpt = model.GPT(cfg)
+        t = trainer.Trainer(gpt, None, None, TrainerConfig(dtype=dtype, sub_batches=trainer.sub_batches_for(32, dtype)))
+        loss = t.forward_backward(x, y)
+        results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()])))
+    (l1, g1), (l2, g2) = results
+    assert l2 == pytest.approx(l1, rel=1e-3)  # measured: 1e-6
+    assert torch.nn.functional.cosine_similarity(g1, g2, dim=0) > 0.999  # measured: 0.999997
