@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 import dataset
+import hardware
 import model
 import trainer
 import utils
@@ -54,7 +55,8 @@ def parse_args(argv=None):
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                       help="autocast precision for training. auto: bfloat16 where the hardware computes it "
                            "(CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX; about 2x the float32 step on "
-                           "CPU, with the same loss curve: results/README.md), float32 elsewhere. bfloat16 and "
+                           "CPU, with the same loss curve: results/README.md), float16 on CUDA GPUs without bf16, "
+                           "float32 elsewhere. bfloat16 and "
                            "float16 (loss scaling) fall back to float32 with a note where they are emulated. "
                            "Evaluation is always float32")
     argp.add_argument("--save_every", type=int, default=0,
@@ -111,63 +113,6 @@ def read_text(path):
         fail(f"{path}: cannot read: {e.strerror}")
 
 
-def pick_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def setup_distributed(device):
-    """
-    Under torchrun (WORLD_SIZE > 1): one process per device, NCCL between GPUs,
-    gloo between CPU processes. Returns (device, (rank, world_size)).
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return device, (0, 1)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return device, (rank, world_size)
-
-
-def native_dtype(dtype, device):
-    """Whether the device does dtype's arithmetic in hardware (float32 always does)."""
-    if dtype == "float32":
-        return True
-    if device.startswith("cuda"):
-        return dtype == "float16" or torch.cuda.is_bf16_supported()
-    if device == "cpu":
-        # without AVX512-BF16/FP16 or AMX, oneDNN emulates them: a bf16 matmul ran ~40x slower than
-        # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread each)
-        if dtype == "bfloat16":
-            return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
-    return True
-
-
-def pick_dtype(args, device="cpu"):
-    if args.plain:
-        return "float32"
-    if args.dtype == "auto":
-        # bf16 where it is native: under the course's decay rule the attention logits stay in the hundreds,
-        # its gradient's cosine to the exact one was 0.92-0.99 at epochs 40-60 of the handout's pretraining,
-        # and 10 epochs continued in bf16 tracked float32's loss within 0.005 (results/README.md)
-        native = device.split(":")[0] in ("cpu", "cuda") and native_dtype("bfloat16", device)
-        return "bfloat16" if native else "float32"
-    if not native_dtype(args.dtype, device):
-        print(f"run.py: note: this {device} has no {args.dtype} arithmetic of its own (emulated, many times "
-              f"slower than float32): training in float32", file=sys.stderr)
-        return "float32"
-    return args.dtype
-
-
 def build_model(args, vocab_size):
     if args.variant == "vanilla":
         mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256)
@@ -220,7 +165,7 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
     if batch_size % world_size:
         fail(f"the batch of {batch_size} rows does not split evenly over {world_size} processes")
     ckpt_path = args.writing_params_path + ".ckpt"
-    dtype = pick_dtype(args, device)
+    dtype = hardware.pick_dtype(args.dtype, device, args.plain)
     tconf = trainer.TrainerConfig(
         max_epochs=args.max_epochs if args.max_epochs is not None else max_epochs,
         batch_size=batch_size, learning_rate=learning_rate, lr_decay=True,
@@ -228,7 +173,11 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
         final_tokens=args.final_epochs * len(pretrain_dataset) * BLOCK_SIZE,
         num_workers=args.num_workers, writer=writer, device=device, seed=args.seed, shuffle=args.shuffle,
         dtype=dtype,
-        sub_batches=1 if args.plain else trainer.sub_batches_for(batch_size // world_size, dtype),
+        sub_batches=1 if args.plain else trainer.sub_batches_for(batch_size // world_size, dtype, device),
+        # on a GPU: batches made there, and the loss read back every 25 steps, so that the
+        # host queues work ahead of the device instead of waiting for it every step
+        device_batches=device.startswith("cuda") and not args.plain,
+        log_every=1 if device == "cpu" else 25,
         ckpt_path=ckpt_path, save_every=args.save_every, rank=rank, world_size=world_size)
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
     if os.path.exists(ckpt_path):
@@ -296,11 +245,7 @@ def evaluate(args, gpt, pretrain_dataset, device):
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
-    device, dist_env = setup_distributed(pick_device(args.device))
-    if device == "cpu":
-        # as attention sharpens, softmax produces subnormal floats, which x86 CPUs
-        # process many times slower; flushing them to zero changes nothing visible
-        torch.set_flush_denormal(True)
+    device, dist_env = hardware.setup_distributed(hardware.pick_device(args.device))
     rank = dist_env[0]
     if args.function == "evaluate" and rank != 0:
         return  # evaluation runs in one process

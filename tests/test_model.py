@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 
+import hardware
 import model
 from conftest import small_config
 
@@ -168,24 +169,49 @@ def test_bf16_gradients_break_on_large_attention_logits(scale, bf16_exact):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_training_defaults_to_bf16_where_the_hardware_has_it(native, monkeypatch):
-    import run
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native)
-    args = run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p"])
-    for device in ("cpu", "cuda", "cuda:1"):
-        assert run.pick_dtype(args, device) == ("bfloat16" if native else "float32")
-    assert run.pick_dtype(args, "mps") == "float32"
-    plain = run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p", "--plain"])
-    assert run.pick_dtype(plain, "cpu") == "float32"
+    assert hardware.pick_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    for device in ("cuda", "cuda:1"):
+        # a GPU without bf16 (Colab's T4) trains in fp16 with loss scaling
+        assert hardware.pick_dtype("auto", device) == ("bfloat16" if native else "float16")
+    assert hardware.pick_dtype("auto", "mps") == "float32"
+    for device in ("cpu", "cuda"):
+        assert hardware.pick_dtype("auto", device, plain=True) == "float32"
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_only_where_the_cpu_has_it(native, monkeypatch, capsys):
     """An AVX2-only CPU emulates bf16 (a matmul ~40x slower than float32): --dtype bfloat16 falls back, with a note."""
-    import run
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
-    args = run.parse_args(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p", "--dtype", "bfloat16"])
-    assert run.pick_dtype(args, "cpu") == ("bfloat16" if native else "float32")
+    assert hardware.pick_dtype("bfloat16", "cpu") == ("bfloat16" if native else "float32")
     note = capsys.readouterr().err
     assert ("training in float32" in note) != native
-    assert run.native_dtype("float32", "cpu")
+    assert hardware.native_dtype("float32", "cpu")
+
+
+def test_aten_avx2_switch_means_no_bf16(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 imitates an AVX2-only CPU: float32, as there."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert hardware.pick_dtype("auto", "cpu") == "float32"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA here: runs wherever there is a GPU"))])
+@pytest.mark.parametrize("tq,tk", [(8, 8), (4, 8), (8, 4)])
+def test_sdpa_is_causal_is_the_course_mask_corner(device, tq, tk):
+    """
+    The GPU's fast path calls scaled_dot_product_attention(is_causal=True); for the
+    Perceiver's cross-attention (Tq = m < Tk = l down, Tq = l > Tk = m up) that must be
+    the course's mask[:Tq, :Tk], i.e. top-left aligned: query i sees keys 0..i.
+    """
+    import attention
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, t, 16, device=device) for t in (tq, tk, tk))
+    mask = torch.tril(torch.ones(16, 16, device=device)).view(1, 1, 16, 16)
+    course = attention.attend(q, k, v, mask, torch.nn.Dropout(0.0), fast=False)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(sdpa, course, atol=1e-5)
+    fast = attention.attend(q, k, v, mask, torch.nn.Dropout(0.0), fast=True)  # on CUDA, SDPA itself
+    assert torch.allclose(fast, course, atol=1e-5)

@@ -1,0 +1,82 @@
+"""
+Where run.py trains: the device, the autocast precision, and the processes
+under torchrun. Nothing here changes what is computed, only where and how fast.
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def pick_device(name):
+    """auto: cuda, then mps, then cpu."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def setup_distributed(device):
+    """
+    Under torchrun (WORLD_SIZE > 1): one process per device, NCCL between GPUs,
+    gloo between CPU processes. Returns (device, (rank, world_size)).
+    """
+    if device == "cpu":
+        # as attention sharpens, softmax produces subnormal floats, which x86 CPUs
+        # process many times slower; flushing them to zero changes nothing visible
+        torch.set_flush_denormal(True)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return device, (0, 1)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return device, (rank, world_size)
+
+
+def native_dtype(dtype, device):
+    """Whether the device does dtype's arithmetic in hardware (float32 always does)."""
+    if dtype == "float32":
+        return True
+    if device.startswith("cuda"):
+        return dtype == "float16" or torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        # without AVX512-BF16/FP16 or AMX, oneDNN emulates them: a bf16 matmul ran ~40x slower than
+        # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread each). ATEN_CPU_CAPABILITY=avx2
+        # (torch's switch to its AVX2 kernels) also means no bf16 here, so such a CPU can be imitated
+        if torch.backends.cpu.get_cpu_capability() == "AVX2":
+            return False
+        if dtype == "bfloat16":
+            return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return True
+
+
+def pick_dtype(requested, device="cpu", plain=False):
+    """
+    The autocast precision of training. auto: bf16 where the device computes it,
+    else fp16 (with loss scaling) on CUDA GPUs without bf16 (Colab's T4), else float32.
+    """
+    if plain:
+        return "float32"
+    kind = device.split(":")[0]
+    if requested == "auto":
+        # bf16: under the course's decay rule the attention logits stay in the hundreds, its gradient's
+        # cosine to the exact one was 0.92-0.99 at epochs 40-60 of the handout's pretraining, and 10
+        # epochs continued in bf16 tracked float32's loss within 0.005 (results/README.md). fp16 keeps
+        # 3 more mantissa bits, and its range (65,504) holds such logits; autocast runs softmax in float32
+        if kind in ("cpu", "cuda") and native_dtype("bfloat16", device):
+            return "bfloat16"
+        return "float16" if kind == "cuda" else "float32"
+    if not native_dtype(requested, device):
+        print(f"run.py: note: this {device} has no {requested} arithmetic of its own (emulated, many times "
+              f"slower than float32): training in float32", file=sys.stderr)
+        return "float32"
+    return requested
