@@ -137,6 +137,70 @@ class CharCorruptionDataset(Dataset):
         y = torch.tensor([self.stoi[c] for c in masked_string[1:]], dtype=torch.long)
         return x, y
 
+    # The same rows for a whole batch at once, made with torch on the batch's device: a GPU's
+    # pretraining step takes ~10 ms, and 128 calls of __getitem__ ~4 ms of a CPU core.
+    # No loop over rows and no host synchronisation once the documents are on the device.
+
+    def corrupt_batch(self, idx):
+        """x, y of the rows idx (a LongTensor on any device), each drawn from the same distribution
+        as self[i], made on idx's device with torch's random generator of that device."""
+        return self.assemble_batch(idx, *self.draw_corruption(idx))
+
+    def draw_corruption(self, idx):
+        """__getitem__'s random quantities for the rows idx: n = len(truncated), masked_len, start."""
+        _, doc_len = self._documents_on(idx.device)
+        max_len = self._max_len()
+        # float64: floor(u * count) must stay below count and give each integer the same chance;
+        # a float32 u has only 24 bits and is one rounding away from count (in float32,
+        # (1 - 2**-24) * 113 + 16 rounds up to 129.0), a float64 u has 53
+        u = torch.rand(3, len(idx), dtype=torch.float64, device=idx.device)
+
+        def randint(u, low, high):  # random.randint(low, high), high may differ per row
+            return (u * (high - low + 1)).floor().long() + low
+
+        n = torch.minimum(randint(u[0], min(4, max_len), max_len), doc_len[idx])
+        # torch.round rounds half to even, as Python's round does (n / 2 is exact)
+        masked_len = randint(u[1], 1, (torch.round(n / 2) - 1).long().clamp(min=1))
+        masked_len = torch.where(n > 0, masked_len, 0)  # an empty document masks nothing
+        start = randint(u[2], 0, n - masked_len)
+        return n, masked_len, start
+
+    def assemble_batch(self, idx, n, masked_len, start):
+        """x, y of the rows idx, given __getitem__'s n = len(truncated), masked_len and start
+        (LongTensors, one value a row): no randomness here."""
+        doc_ids, _ = self._documents_on(idx.device)
+        # masked_string = prefix MASK suffix MASK masked_content PAD...: for each position j,
+        # which character of the document it shows (prefix, suffix or content), or MASK or PAD
+        j = torch.arange(self.block_size + 1, device=idx.device)
+        n, masked_len, start = n[:, None], masked_len[:, None], start[:, None]
+        second_mask = n - masked_len + 1
+        src = torch.where(j < start, j,                                        # prefix
+                          torch.where(j < second_mask, j - 1 + masked_len,     # suffix
+                                      j - second_mask - 1 + start))            # masked content
+        chars = doc_ids[idx[:, None], src.clamp(0, doc_ids.shape[1] - 1)]  # off-document j: MASK or PAD
+        is_mask = (j == start) | (j == second_mask)
+        string = torch.where(is_mask, self.stoi[MASK_CHAR],
+                             torch.where(j > n + 1, self.stoi[PAD_CHAR], chars))
+        return string[:, :-1].contiguous(), string[:, 1:].contiguous()
+
+    def _max_len(self):
+        return min(int(self.block_size * 7 / 8), self.block_size - 1)  # as in __getitem__
+
+    def _documents_on(self, device):
+        """(ids, lengths) of the documents, padded with PAD, on device; built once per device.
+        A row never shows more than the first max_len characters of its document, so only
+        those are kept (at least one column, so that tiny blocks can still index it)."""
+        cache = self.__dict__.setdefault("_documents", {})
+        key = (device, self.block_size)
+        if key not in cache:
+            width = max(self._max_len(), 1)
+            docs = [document[:width] for document in self.data]
+            ids = torch.tensor([[self.stoi[c] for c in d] + [self.stoi[PAD_CHAR]] * (width - len(d))
+                                for d in docs], dtype=torch.long)
+            lengths = torch.tensor([len(d) for d in docs], dtype=torch.long)
+            cache[key] = ids.to(device), lengths.to(device)
+        return cache[key]
+
 
 if __name__ == "__main__":
     argp = argparse.ArgumentParser(description="Print a few examples of a dataset.")
