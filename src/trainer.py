@@ -11,7 +11,7 @@ On top of it, exact up to float rounding:
   longest row. The model is causal, so logits before the cut do not change; the
   sub-batch losses are weighted by their share of the batch's real targets, so
   the accumulated gradient is the full batch's.
-- autocast to bf16 (run.py's default where the hardware has it, see run.pick_dtype), or
+- autocast to bf16 (run.py's default where the hardware has it, see hardware.pick_dtype), or
   fp16 with a grad scaler.
 """
 
@@ -54,6 +54,8 @@ class TrainerConfig:
     device = "cpu"
     dtype = "float32"  # or "bfloat16" / "float16": autocast precision of the forward pass
     sub_batches = 1  # >1: sort rows by length and trim the padded tail of each sub-batch
+    device_batches = False  # make each batch on the device (dataset.corrupt_batch) instead of a DataLoader
+    log_every = 1  # read the loss back from the device every this many steps (the GPU need not wait)
     # distributed data parallel (set by run.py under torchrun): each rank takes batch_size / world_size rows
     rank = 0
     world_size = 1
@@ -100,14 +102,19 @@ def target_lengths(y):
     return ((y != 0) * positions).amax(dim=1)
 
 
-def sub_batches_for(rows, dtype="float32"):
+def sub_batches_for(rows, dtype="float32", device="cpu"):
     """
     How many sub-batches to cut `rows` rows into. Measured on 2 CPU cores with
     pretraining rows, whole run.py epochs from the same checkpoint: in float32,
     128 rows in 8 sub-batches ran 1.02-1.05 steps/s against 0.92-0.94 for 4
     (12 and 16: 1.00-1.05). In bf16, sub-batches of about 32 rows are fastest:
     at 128 rows, 4 took 0.59 s a step against 0.73 s for 8 (kernel overheads).
+    A GPU takes the whole batch: its step is bound by kernel launches, not
+    arithmetic, and cutting needs the row lengths on the host (an H100 ran the
+    8 sub-batches' default at 11-12 steps/s against 32 for whole batches).
     """
+    if torch.device(device).type != "cpu":
+        return 1
     per_sub_batch = 16 if dtype == "float32" else 32
     return max(2, min(8, rows // per_sub_batch))
 
@@ -177,9 +184,10 @@ class Trainer:
         if self.config.world_size > 1:
             # weight each rank by its share of the real targets, so that DDP's average
             # of the ranks' gradients is the gradient of the global batch mean
-            n = torch.tensor([float((y != 0).sum())], device=y.device)
+            mine = (y != 0).sum().float()
+            n = mine.clone()
             dist.all_reduce(n)
-            share = self.config.world_size * float((y != 0).sum()) / max(float(n), 1.0)
+            share = self.config.world_size * mine / n.clamp(min=1.0)
         batch_loss = 0.0
         for k, (xk, yk, nk) in enumerate(parts):
             last = k == len(parts) - 1
@@ -191,8 +199,8 @@ class Trainer:
                     if total is not None:
                         loss = loss * (nk / total)  # the parts' weighted losses sum to the batch mean
                 self.scaler.scale(loss * share).backward()
-            batch_loss += loss.item()
-        return batch_loss
+            batch_loss += loss.detach()
+        return batch_loss  # a tensor on the device: reading it would make the host wait for the GPU
 
     def save_checkpoint(self):
         """Everything needed to continue exactly where training is now, written atomically."""
@@ -229,11 +237,11 @@ class Trainer:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
 
-    def epoch_loader(self):
+    def epoch_batches(self):
         """
-        This epoch's batches not yet trained: file order, as the course's DataLoader
-        (or, with config.shuffle, a fixed order per (seed, epoch)), so a resumed run
-        sees the same batches.
+        This epoch's batches not yet trained, on the device: file order, as the course's
+        DataLoader (or, with config.shuffle, a fixed order per (seed, epoch)), so a
+        resumed run sees the same batches.
         """
         config = self.config
         sampler = DistributedSampler(self.train_dataset, num_replicas=config.world_size, rank=config.rank,
@@ -241,8 +249,16 @@ class Trainer:
         sampler.set_epoch(self.epoch)
         rows_per_rank = config.batch_size // config.world_size
         order = list(sampler)[self.batches_done * rows_per_rank:]
-        return DataLoader(self.train_dataset, batch_size=rows_per_rank, sampler=order,
-                          num_workers=config.num_workers, pin_memory=self.device.startswith("cuda"))
+        if config.device_batches and hasattr(self.train_dataset, "corrupt_batch"):
+            # span corruption of a whole batch in a few tensor operations on the device, drawn
+            # from the same distribution as the dataset's rows (tests/test_corruption.py)
+            order = torch.tensor(order, dtype=torch.long, device=self.device)
+            for i in range(0, len(order), rows_per_rank):
+                yield self.train_dataset.corrupt_batch(order[i:i + rows_per_rank])
+            return
+        for x, y in DataLoader(self.train_dataset, batch_size=rows_per_rank, sampler=order,
+                               num_workers=config.num_workers, pin_memory=self.device.startswith("cuda")):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -277,34 +293,45 @@ class Trainer:
         return tqdm(total=config.max_epochs * batches_per_epoch, initial=self.step, disable=config.rank != 0,
                     dynamic_ncols=True, unit="step", smoothing=0.1)
 
-    def log(self, pbar, loss, lr, chars_per_s):
-        """The course's tqdm description, and train/loss and train/lr to TensorBoard."""
-        pbar.set_description(f"epoch {self.epoch + 1} iter {self.batches_done - 1}: train loss {loss:.5f}. lr {lr:e}")
+    def log(self, pbar, steps, chars_per_s):
+        """
+        The course's tqdm description, and train/loss and train/lr to TensorBoard,
+        for the (loss, lr) of each step since the last call.
+        """
+        losses = torch.stack([loss for loss, _ in steps]).tolist()  # one wait for the device for all of them
+        lr = steps[-1][1]
+        pbar.set_description(f"epoch {self.epoch + 1} iter {self.batches_done - 1}: "
+                             f"train loss {losses[-1]:.5f}. lr {lr:e}")
         pbar.set_postfix_str(f"{chars_per_s:,.0f} chars/s", refresh=False)
-        pbar.update(1)
+        pbar.update(len(steps))
         if self.config.writer is not None:
-            self.config.writer.add_scalar("train/loss", loss, self.step - 1)
-            self.config.writer.add_scalar("train/lr", lr, self.step - 1)
+            first = self.step - len(steps)
+            for k, (loss, (_, lr)) in enumerate(zip(losses, steps)):
+                self.config.writer.add_scalar("train/loss", loss, first + k)
+                self.config.writer.add_scalar("train/lr", lr, first + k)
 
     def train(self):
         config = self.config
         pbar = self.progress_bar()
         # a signal finishes the current step, then we checkpoint and stop
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        start, start_step, chars = time.time(), self.step, 0
+        start, start_step, chars, unlogged = time.time(), self.step, 0, []
         try:
             while self.epoch < config.max_epochs:
                 self.model.train(True)
-                for x, y in self.epoch_loader():
-                    x = x.to(self.device, non_blocking=True)
-                    y = y.to(self.device, non_blocking=True)
+                for x, y in self.epoch_batches():
                     loss = self.optimizer_step(x, y)
-                    lr = self.update_lr(y)
-                    chars += int((y != 0).sum()) * config.world_size
-                    self.log(pbar, loss, lr, chars / (time.time() - start))
+                    unlogged.append((loss, self.update_lr(y)))
+                    chars = chars + (y != 0).sum() * config.world_size  # stays on the device until logged
+                    if len(unlogged) >= config.log_every or self.stop_signal is not None:
+                        self.log(pbar, unlogged, float(chars) / (time.time() - start))
+                        unlogged = []
                     if self.stop_signal is not None:
                         self.save_checkpoint()
                         raise Interrupted(signal.Signals(self.stop_signal).name)
+                if unlogged:
+                    self.log(pbar, unlogged, float(chars) / (time.time() - start))
+                    unlogged = []
                 self.epoch += 1
                 self.batches_done = 0
                 self.save_checkpoint()
@@ -316,4 +343,4 @@ class Trainer:
         if config.rank == 0:
             steps = self.step - start_step
             print(f"trained {config.max_epochs} epochs, {self.step} steps ({steps} in this run) "
-                  f"in {elapsed:.1f}s: {steps / elapsed:.2f} steps/s, {chars / elapsed:,.0f} chars/s")
+                  f"in {elapsed:.1f}s: {steps / elapsed:.2f} steps/s, {float(chars) / elapsed:,.0f} chars/s")

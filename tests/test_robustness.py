@@ -49,7 +49,7 @@ class StopAfter(trainer.Trainer):
         return loss
 
 
-def tiny_run(tmp_path, stop_at=None, resume=False):
+def tiny_run(tmp_path, stop_at=None, resume=False, **config):
     torch.manual_seed(0)
     random.seed(0)
     ds = dataset.CharCorruptionDataset(WIKI, 16)
@@ -57,7 +57,7 @@ def tiny_run(tmp_path, stop_at=None, resume=False):
     cfg.vocab_size = ds.vocab_size
     tconf = trainer.TrainerConfig(max_epochs=3, batch_size=16, learning_rate=1e-3, lr_decay=True,
                                   warmup_tokens=100, final_tokens=5000, sub_batches=2,
-                                  ckpt_path=str(tmp_path / "ckpt"))
+                                  ckpt_path=str(tmp_path / "ckpt"), **config)
     t = StopAfter(model.GPT(cfg), ds, None, tconf)
     t.stop_at = stop_at
     if resume:
@@ -65,16 +65,19 @@ def tiny_run(tmp_path, stop_at=None, resume=False):
     return t
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
-    full = tiny_run(tmp_path / "a")
+@pytest.mark.parametrize("device_batches", [False, True])
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, device_batches):
+    """Also with the batches made on the device (the GPU default), whose draws come from torch's generator."""
+    full = tiny_run(tmp_path / "a", device_batches=device_batches)
     os.makedirs(tmp_path / "a")
     full.train()
     os.makedirs(tmp_path / "b")
-    first = tiny_run(tmp_path / "b", stop_at=7)  # 4 batches an epoch: stops in the middle of epoch 2
+    # 4 batches an epoch: stops in the middle of epoch 2
+    first = tiny_run(tmp_path / "b", stop_at=7, device_batches=device_batches)
     with pytest.raises(trainer.Interrupted):
         first.train()
     assert (first.epoch, first.batches_done, first.step) == (1, 3, 7)
-    resumed = tiny_run(tmp_path / "b", resume=True)
+    resumed = tiny_run(tmp_path / "b", resume=True, device_batches=device_batches)
     assert (resumed.epoch, resumed.batches_done, resumed.step) == (1, 3, 7)
     resumed.train()
     assert (resumed.step, resumed.tokens) == (full.step, full.tokens) == (12, full.tokens)
@@ -83,6 +86,30 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
     # the optimizer state continued too
     sa, sb = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.allclose(sa[i]["exp_avg"], sb[i]["exp_avg"], atol=1e-7) for i in sa)
+
+
+class Writer:
+    """What a SummaryWriter is given."""
+
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+
+def test_losses_read_back_every_n_steps_are_logged_for_every_step(tmp_path):
+    """log_every (25 on a GPU) delays reading the loss, not what TensorBoard receives."""
+    runs = []
+    for log_every in (1, 5):
+        t = tiny_run(tmp_path / str(log_every), log_every=log_every, writer=Writer())
+        os.makedirs(tmp_path / str(log_every))
+        t.train()
+        runs.append(t.config.writer.scalars)
+    assert len(runs[0]) == 2 * 12
+    assert [(tag, step) for tag, _, step in runs[0]] == [(tag, step) for tag, _, step in runs[1]]
+    assert [v for _, v, _ in runs[0]] == pytest.approx([v for _, v, _ in runs[1]], rel=1e-6)
+    assert sorted({step for _, _, step in runs[1]}) == list(range(12))
 
 
 def test_snapshots_every_n_epochs_resume_to_the_same_params(tmp_path):

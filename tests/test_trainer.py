@@ -74,11 +74,11 @@ def test_batches_in_file_order_by_default():
     t = trainer.Trainer(gpt, ds, None, TrainerConfig(batch_size=4))
     for epoch in range(2):
         t.epoch = epoch
-        assert [x.tolist() for x, _ in t.epoch_loader()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert [x.tolist() for x, _ in t.epoch_batches()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     t.batches_done = 1  # resuming mid-epoch skips what was trained
-    assert [x.tolist() for x, _ in t.epoch_loader()] == [[4, 5, 6, 7], [8, 9]]
+    assert [x.tolist() for x, _ in t.epoch_batches()] == [[4, 5, 6, 7], [8, 9]]
     shuffled = trainer.Trainer(gpt, ds, None, TrainerConfig(batch_size=4, shuffle=True))
-    order = [x.tolist() for x, _ in shuffled.epoch_loader()]
+    order = [x.tolist() for x, _ in shuffled.epoch_batches()]
     assert sorted(sum(order, [])) == list(range(10)) and sum(order, []) != list(range(10))
 
 
@@ -119,7 +119,7 @@ def assert_same_loss_and_gradient(reference, other, x, y):
         if results:
             gpt.load_state_dict(results[0][2])
         t = trainer.Trainer(gpt, None, None, TrainerConfig(sub_batches=sub_batches))
-        loss = t.forward_backward(x, y)
+        loss = float(t.forward_backward(x, y))
         results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()]), gpt.state_dict()))
     (l1, g1, _), (l2, g2, _) = results
     assert l2 == pytest.approx(l1, rel=1e-5)
@@ -209,8 +209,30 @@ def test_bf16_default_step_is_close_to_the_course_paths(perceiver):
         cfg.vocab_size = pre.vocab_size
         gpt = model.GPT(cfg)
         t = trainer.Trainer(gpt, None, None, TrainerConfig(dtype=dtype, sub_batches=trainer.sub_batches_for(32, dtype)))
-        loss = t.forward_backward(x, y)
+        loss = float(t.forward_backward(x, y))
         results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()])))
     (l1, g1), (l2, g2) = results
     assert l2 == pytest.approx(l1, rel=1e-3)  # measured: 1e-6
     assert torch.nn.functional.cosine_similarity(g1, g2, dim=0) > 0.999  # measured: 0.999997
+
+
+def test_a_gpu_takes_the_whole_batch():
+    """Cutting sub-batches needs the row lengths on the host; a GPU's step is bound by launches, not arithmetic."""
+    assert [trainer.sub_batches_for(128, "bfloat16", d) for d in ("cpu", "cuda", "cuda:1")] == [4, 1, 1]
+    assert trainer.sub_batches_for(128, "float32") == 8
+
+
+def test_device_batches_corrupt_whole_batches_in_file_order():
+    """The GPU default makes each pretraining batch with corrupt_batch (torch's generator), rows in file order."""
+    docs = [f"document {i} " + "abcdefghij" * 3 for i in range(10)]
+    ds = dataset.CharCorruptionDataset("\n".join(docs), 64)
+    t = trainer.Trainer(model.GPT(small_config()), ds, None, TrainerConfig(batch_size=4, device_batches=True))
+    state = random.getstate()
+    batches = list(t.epoch_batches())
+    assert random.getstate() == state  # __getitem__ would have drawn from Python's generator
+    assert [len(x) for x, _ in batches] == [4, 4, 2]
+    for row, (x, y) in enumerate(zip(*map(torch.cat, zip(*batches)))):
+        text = "".join(ds.itos[int(c)] for c in x) + ds.itos[int(y[-1])]
+        prefix, suffix, content = text.rstrip(ds.PAD_CHAR).split(ds.MASK_CHAR)
+        assert docs[row].startswith(prefix + content + suffix)
+        assert torch.equal(x[1:], y[:-1])
