@@ -77,12 +77,12 @@ class CausalSelfAttention(nn.Module):
         k = _split_heads(self.key(x), self.n_head)
         q = _split_heads(self.query(x), self.n_head)
         v = _split_heads(self.value(x), self.n_head)
-        q_offset = 0
+        q_offset, row_mask = 0, None
         if kv_cache is not None:
             # decoding: x holds only the new positions; earlier keys/values come from the cache
-            q_offset = kv_cache.length
+            q_offset, row_mask = kv_cache.length, kv_cache.row_mask(T)
             k, v = kv_cache.update(self, k, v)
-        y = attend(q, k, v, self.mask, self.attn_drop, self.fast, q_offset)
+        y = attend(q, k, v, self.mask, self.attn_drop, self.fast, q_offset, row_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -109,18 +109,21 @@ class CausalCrossAttention(CausalSelfAttention):
         return self.resid_drop(self.proj(y))
 
 
-def attend(q, k, v, mask, attn_drop, fast, q_offset=0):
+def attend(q, k, v, mask, attn_drop, fast, q_offset=0, row_mask=None):
     """
     softmax(q k^T / sqrt(hs), causal) v, with dropout on the attention weights.
     q is (B, nh, Tq, hs), k and v (B, nh, Tk, hs); query i sees keys 0..q_offset+i
     (the course's mask[:Tq, :Tk] when q_offset is 0; decoding with a cache sets
-    q_offset to the number of cached positions).
+    q_offset to the number of cached positions), and of those only the ones that
+    row_mask (B, Tq, Tk), if given, allows.
     """
     Tq, Tk = q.size(-2), k.size(-2)
     m = mask[:, :, q_offset:q_offset + Tq, :Tk]
+    if row_mask is not None:
+        m = m * row_mask[:, None]
     if fast and q.device.type != "cpu":
         dropout_p = attn_drop.p if attn_drop.training else 0.0
-        if q_offset == 0:
+        if q_offset == 0 and row_mask is None:
             # is_causal is top-left aligned like the course mask, and lets CUDA use flash kernels
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=m.bool(), dropout_p=dropout_p)
@@ -132,11 +135,32 @@ def attend(q, k, v, mask, attn_drop, fast, q_offset=0):
 
 
 class KVCache:
-    """Keys and values of the positions decoded so far, per self-attention layer."""
+    """
+    Keys and values of the positions decoded so far, per self-attention layer.
+    Prompts of different lengths share a batch left-padded: pad (B,) holds each
+    row's number of padding positions, which its real positions never see and
+    which do not count in its position numbers.
+    """
 
-    def __init__(self):
+    def __init__(self, pad=None):
         self.kv = {}
         self.length = 0  # positions already cached (the same in every layer)
+        self.pad = pad
+
+    def positions(self, t):
+        """Position numbers (B, t) of the next t positions of each row (padding at 0)."""
+        p = torch.arange(self.length, self.length + t, device=self.pad.device)
+        return (p[None, :] - self.pad[:, None]).clamp(min=0)
+
+    def row_mask(self, t):
+        """Which keys (B, t, length + t) the next t positions may see, besides causality, or None."""
+        if self.pad is None:
+            return None
+        key = torch.arange(self.length + t, device=self.pad.device)
+        real_key = key[None, :] >= self.pad[:, None]
+        real_query = key[None, self.length:] >= self.pad[:, None]
+        # padding positions see padding, so that no softmax row is empty (an empty row is NaN)
+        return real_key[:, None, :] | ~real_query[:, :, None]
 
     def update(self, layer, k, v):
         if layer in self.kv:

@@ -165,12 +165,14 @@ class GPT(nn.Module):
     def forward_cached(self, idx, kv_cache):
         """
         Logits of the last position of idx, given that the first kv_cache.length
-        positions of the sequence were already fed through this cache (vanilla only).
+        positions of the sequence were already fed through this cache (vanilla only;
+        rows left-padded as kv_cache.pad says).
         Used by batched greedy decoding; gives the same logits as forward().
         """
         assert not self.perceiver, "the Perceiver's bottleneck has no per-position cache"
         t0, t = kv_cache.length, idx.size(1)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb[:, t0:t0 + t, :])
+        pos = self.pos_emb[:, t0:t0 + t, :] if kv_cache.pad is None else self.pos_emb[0, kv_cache.positions(t)]
+        x = self.drop(self.tok_emb(idx) + pos)
         for block in self.blocks:
             x = block(x, kv_cache)
         kv_cache.length += t
