@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import dataset
@@ -133,6 +134,22 @@ def test_side_by_side_times_each_way_after_a_call_of_its_own():
     a, b = bench_speed.side_by_side(2, way("a"), way("b"))
     assert calls == ["a", "a", "b", "b", "a", "a", "b", "b"]
     assert a < 0.1 and b < 0.1
+
+
+def test_bench_speed_prints_the_side_by_side_table():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_speed.py"), "--data_dir", DATA,
+                          "--reps", "1", "--rows", "2", "--questions", "3"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| pretraining step, vanilla (2 rows)", "| pretraining step, perceiver m=64",
+        "| finetuning step, vanilla (2 rows)", "| finetuning step, perceiver m=64",
+        "| greedy decoding of 3 dev questions, vanilla (untrained model, all 32 characters)",
+        "| greedy decoding of 3 dev questions, perceiver (untrained model, all 32 characters)"]
+    for row in rows:  # every ratio is the course way's time over the default's
+        cells = row.split(" | ")
+        seconds = lambda c: float(c.split()[0]) / (1e3 if c.endswith("ms") else 1)
+        assert float(cells[3].rstrip("x")) == pytest.approx(seconds(cells[1]) / seconds(cells[2]), rel=0.1, abs=0.1)
 
 
 def test_reference_curve_averages_each_epoch_beside_the_reference(tmp_path):
