@@ -60,63 +60,81 @@ def sample(model, x, steps, temperature=1.0, sample=False, top_k=None):
     return x
 
 
+def shift_rows(x, shift):
+    """Each row of x rotated right by its shift (a LongTensor, one value a row)."""
+    columns = torch.arange(x.size(1), device=x.device)
+    return torch.gather(x, 1, (columns[None, :] - shift[:, None]) % x.size(1))
+
+
 @torch.no_grad()
-def greedy_batch(model, prompts, steps, stop_id=None, pad=None):
+def greedy_batch(model, prompts, steps, stop_id=None, lengths=None):
     """
-    Greedy completions of a batch of prompts (a LongTensor (B, T)): the same
-    tokens as sample(..., sample=False) row by row, computed together. The vanilla
-    model reuses keys and values through a cache, and then takes prompts of
-    different lengths left-padded (pad: each row's padding positions); the
-    Perceiver recomputes, and its prompts must be equally long. Stops early once
-    every row has produced stop_id (callers only read up to it).
+    Greedy completions of a batch of prompts: the same tokens as
+    sample(..., sample=False) row by row, computed together. prompts is a
+    LongTensor (B, T), padded at the end to T where lengths (B,) says rows are
+    shorter; returns (B, T + steps or fewer): each row's prompt, its completion,
+    then padding. Stops early once every row has produced stop_id (callers only
+    read up to it). Padded prompts must leave room for the steps in the block.
     """
     model.eval()
     x = prompts
-    cached = not model.perceiver and prompts.size(1) + steps <= model.get_block_size()
-    assert cached or pad is None, "only the cached decoder takes padded prompts"
-    cache = KVCache(pad) if cached else None
-    done = torch.zeros(x.size(0), dtype=torch.bool, device=x.device)
+    B, T = x.shape
+    rows = torch.arange(B, device=x.device)
+    padded = lengths is not None
+    lengths = torch.full((B,), T, device=x.device) if lengths is None else lengths.clone()
+    assert not padded or T + steps <= model.get_block_size(), "padded prompts must fit the block"
+    cached = not model.perceiver and T + steps <= model.get_block_size()
+    if cached:
+        # the vanilla model reuses keys and values through a cache, which needs every row's next
+        # position in the same column: its prompts are left-padded instead, and the cache told so
+        pad = T - lengths
+        x = shift_rows(x, pad)
+        cache = KVCache(pad if padded else None)
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
     for _ in range(steps):
         if cached:
-            logits = model.forward_cached(x[:, cache.length:], cache)
+            ix = model.forward_cached(x[:, cache.length:], cache).argmax(dim=-1)
+            x = torch.cat((x, ix[:, None]), dim=1)
         else:
+            # the Perceiver recomputes every position; the model is causal, so a row's logits at
+            # its last real position do not depend on the padding after it
             x_cond = x if x.size(1) <= model.get_block_size() else x[:, -model.get_block_size():]
-            logits = model(x_cond)[0][:, -1, :]
-        ix = logits.argmax(dim=-1, keepdim=True)
-        x = torch.cat((x, ix), dim=1)
+            logits = model(x_cond)[0]
+            ix = logits[rows, lengths - 1 - (x.size(1) - x_cond.size(1))].argmax(dim=-1)
+            x = torch.cat((x, torch.zeros_like(x[:, :1])), dim=1)
+            x[rows, lengths] = ix
+            lengths += 1
         if stop_id is not None:
-            done |= ix[:, 0] == stop_id
+            done |= ix == stop_id
             if bool(done.all()):
                 break
-    return x
+    return shift_rows(x, -pad) if cached else x
 
 
 def predict_places(model, prompts, itos, mask_id, steps=32, batch_size=512):
     """
     The completion between the first and second MASK of a greedy decode of each
     prompt (a list of id lists ending with MASK), as the course's evaluate does.
-    The vanilla model decodes up to batch_size prompts at once, left-padded (on a
-    GPU each decoding step costs the same for 1 row as for 500, so fewer, fuller
-    batches are faster); the Perceiver, whose bottleneck sees absolute positions,
-    decodes prompts grouped by length.
+    Prompts of different lengths share a batch of up to batch_size, padded (on a
+    GPU a decoding step costs about the same for 1 row as for 500, so fewer and
+    fuller batches are faster); prompts too long to leave room for the steps in
+    the block are grouped by length instead, as the course's cropping needs.
     """
     mask_char = itos[mask_id]
     device = next(model.parameters()).device
     groups = defaultdict(list)
     for i, p in enumerate(prompts):
-        padded = not model.perceiver and len(p) + steps <= model.get_block_size()
-        groups[0 if padded else len(p)].append(i)
+        groups[0 if len(p) + steps <= model.get_block_size() else len(p)].append(i)
     predictions = [None] * len(prompts)
-    for length, indices in sorted(groups.items()):
+    for group, indices in sorted(groups.items()):
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             longest = max(len(prompts[i]) for i in chunk)
-            pad = [longest - len(prompts[i]) for i in chunk]
-            x = torch.tensor([[0] * n + prompts[i] for n, i in zip(pad, chunk)], dtype=torch.long, device=device)
-            out = greedy_batch(model, x, steps, stop_id=mask_id,
-                               pad=torch.tensor(pad, device=device) if length == 0 else None).tolist()
-            for i, n, row in zip(chunk, pad, out):
-                completion = "".join(itos[int(t)] for t in row[n:n + len(prompts[i]) + steps])
+            x = torch.tensor([prompts[i] + [0] * (longest - len(prompts[i])) for i in chunk], device=device)
+            lengths = torch.tensor([len(prompts[i]) for i in chunk], device=device) if group == 0 else None
+            out = greedy_batch(model, x, steps, stop_id=mask_id, lengths=lengths).tolist()
+            for i, row in zip(chunk, out):
+                completion = "".join(itos[int(t)] for t in row[:len(prompts[i]) + steps])
                 predictions[i] = completion.split(mask_char)[1]
     return predictions
 

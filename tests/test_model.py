@@ -170,6 +170,7 @@ def test_bf16_gradients_break_on_large_attention_logits(scale, bf16_exact):
 @pytest.mark.parametrize("native", [True, False])
 def test_training_defaults_to_bf16_where_the_hardware_has_it(native, monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native)
     assert hardware.pick_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
     for device in ("cuda", "cuda:1"):
@@ -184,6 +185,7 @@ def test_training_defaults_to_bf16_where_the_hardware_has_it(native, monkeypatch
 def test_bf16_only_where_the_cpu_has_it(native, monkeypatch, capsys):
     """An AVX2-only CPU emulates bf16 (a matmul ~40x slower than float32): --dtype bfloat16 falls back, with a note."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert hardware.pick_dtype("bfloat16", "cpu") == ("bfloat16" if native else "float32")
     note = capsys.readouterr().err
     assert ("training in float32" in note) != native

@@ -67,12 +67,14 @@ class Oracle(torch.nn.Module):
         return 128
 
     def forward(self, idx):
+        """Causal, as the real models: position t predicts from the characters up to t."""
         logits = torch.full((idx.size(0), idx.size(1), len(self.itos)), -1e9)
         for b, row in enumerate(idx.tolist()):
             text = "".join(self.itos[i] for i in row)
-            question, _, sofar = text.partition(dataset.MASK_CHAR)
-            target = (self.answers[question] + dataset.MASK_CHAR + dataset.PAD_CHAR * 40)[len(sofar)]
-            logits[b, -1, self.stoi[target]] = 0.0
+            question = text.partition(dataset.MASK_CHAR)[0]
+            continuation = self.answers[question] + dataset.MASK_CHAR + dataset.PAD_CHAR * 128
+            for t in range(len(question), len(text)):
+                logits[b, t, self.stoi[continuation[t - len(question)]]] = 0.0
         return logits, None
 
 
