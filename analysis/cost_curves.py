@@ -135,7 +135,8 @@ def main(argv=None):
             rows[variant].append((l, seconds, nbytes))
             print(f"{variant:9s} l={l:5d}  {1000 * seconds:8.1f} ms  {nbytes / 2**20:8.1f} MiB", flush=True)
 
-    plot(args.out, rows, args.device)
+    predicted = {v: [macs(v, L, l, d, m, args.vocab, args.batch) for l in args.lengths] for v in rows}
+    plot(args.out, rows, predicted, args.device)
 
     upper = args.lengths[len(args.lengths) // 2:] if len(args.lengths) > 2 else args.lengths
     memory = "peak allocated during the step, minus what was allocated before it" if device.type == "cuda" else \
@@ -172,7 +173,7 @@ def main(argv=None):
     return rows
 
 
-def plot(out, rows, device):
+def plot(out, rows, predicted, device):
     import matplotlib
     matplotlib.use("Agg")  # no screen needed
     import matplotlib.pyplot as plt
@@ -180,7 +181,11 @@ def plot(out, rows, device):
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for variant, pts in rows.items():
         ls = [r[0] for r in pts]
-        ax[0].loglog(ls, [1000 * r[1] for r in pts], "o-", base=2, label=variant)
+        line, = ax[0].loglog(ls, [1000 * r[1] for r in pts], "o-", base=2, label=variant)
+        # the multiply-add count, scaled to meet the measured time at the longest l: its slope is the prediction
+        scale = 1000 * pts[-1][1] / predicted[variant][-1]
+        ax[0].loglog(ls, [scale * p for p in predicted[variant]], "--", base=2, color=line.get_color(),
+                     label=f"{variant}, multiply-adds (scaled)")
         ax[1].loglog(ls, [r[2] / 2**20 for r in pts], "o-", base=2, label=variant)
     ax[0].set(xlabel="sequence length l", ylabel="ms per forward+backward", title=f"time ({device})")
     ax[1].set(xlabel="sequence length l", ylabel="MiB", title="activation memory")

@@ -111,20 +111,24 @@ def greedy_batch(model, prompts, steps, stop_id=None, lengths=None):
     return shift_rows(x, -pad) if cached else x
 
 
-def predict_places(model, prompts, itos, mask_id, steps=32, batch_size=512):
+def predict_places(model, prompts, itos, mask_id, steps=32, batch_size=512, padded=None):
     """
     The completion between the first and second MASK of a greedy decode of each
     prompt (a list of id lists ending with MASK), as the course's evaluate does.
-    Prompts of different lengths share a batch of up to batch_size, padded (on a
-    GPU a decoding step costs about the same for 1 row as for 500, so fewer and
-    fuller batches are faster); prompts too long to leave room for the steps in
-    the block are grouped by length instead, as the course's cropping needs.
+    Prompts are decoded in batches of up to batch_size: padded, prompts of every
+    length together (padded=None: on a GPU, where a decoding step costs about the
+    same for 1 row as for 500), or grouped by length (on CPU, where a group stops
+    as soon as its own rows are done: the dev set of a trained model decoded in
+    2.6 s grouped against 4.4-4.9 s padded, and 35 s against 42 s for an untrained
+    Perceiver). Prompts too long to leave room for the steps in the block are
+    always grouped by length, as the course's cropping needs.
     """
     mask_char = itos[mask_id]
     device = next(model.parameters()).device
+    padded = device.type != "cpu" if padded is None else padded
     groups = defaultdict(list)
     for i, p in enumerate(prompts):
-        groups[0 if len(p) + steps <= model.get_block_size() else len(p)].append(i)
+        groups[0 if padded and len(p) + steps <= model.get_block_size() else len(p)].append(i)
     predictions = [None] * len(prompts)
     for group, indices in sorted(groups.items()):
         for start in range(0, len(indices), batch_size):

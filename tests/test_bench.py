@@ -73,8 +73,8 @@ def test_pipeline_logs_an_interruption_readably_and_resumes(tmp_path):
     import signal
     import time
     out = tmp_path / "run"
-    cmd = ["bash", os.path.join(ROOT, "bench", "pipeline.sh"), "vanilla", DATA, str(out), "--max_epochs", "20",
-           "--batch_size", "32"]
+    cmd = ["bash", os.path.join(ROOT, "bench", "pipeline.sh"), "vanilla", DATA, str(out), "--max_epochs", "6",
+           "--batch_size", "32"]  # 4 steps an epoch: the interruption comes in epoch 2 or 3
     env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     deadline = time.time() + 120

@@ -34,15 +34,15 @@ def count_questions(path):
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory, data_dir):
-    """The first 300 documents of wiki.txt and the train lines they can encode: a quick pretraining corpus."""
+    """The first 130 documents of wiki.txt and the train lines they can encode: a quick pretraining corpus."""
     d = tmp_path_factory.mktemp("small")
     with open(os.path.join(data_dir, "wiki.txt"), encoding="utf-8") as f:
-        wiki = "\n".join(f.read().split("\n")[:300]) + "\nWhere was everybody born?\n"
+        wiki = "\n".join(f.read().split("\n")[:130]) + "\nWhere was everybody born?\n"
     (d / "wiki.txt").write_text(wiki, encoding="utf-8")
     chars = set(wiki)
     with open(os.path.join(data_dir, "birth_places_train.tsv"), encoding="utf-8") as f:
         train = [l for l in f.read().split("\n") if l.strip() and set(l) - {"\t"} <= chars]
-    (d / "train.tsv").write_text("\n".join(train[:300]) + "\n", encoding="utf-8")
+    (d / "train.tsv").write_text("\n".join(train[:130]) + "\n", encoding="utf-8")
     return d
 
 
