@@ -93,6 +93,9 @@ def test_pipeline_logs_an_interruption_readably_and_resumes(tmp_path):
     assert re.search(rf"Correct: \d+\.0 out of {lines('birth_dev.tsv')}\.0", log)
     with open(out / "vanilla.pretrain.test.predictions", encoding="utf-8") as f:
         assert len(f.read().splitlines()) == lines("birth_test_inputs.tsv")
+    # bench/plot_loss.py's plot of both phases, and its one-line summary of each run
+    summaries = re.findall(r"^(pretrain|finetune)/run_vanilla.*: \d+ steps, smoothed loss", log, re.M)
+    assert (out / "loss.png").is_file() and sorted(summaries) == ["finetune", "pretrain"], log
 
 
 def test_grad_precision_tells_safe_params_from_unsafe(tmp_path):

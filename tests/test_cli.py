@@ -34,7 +34,7 @@ def count_questions(path):
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory, data_dir):
-    """The first 130 documents of wiki.txt and the train lines they can encode: a quick pretraining corpus."""
+    """The first 130 documents of wiki.txt and train lines they can encode (130 to train, 40 to evaluate)."""
     d = tmp_path_factory.mktemp("small")
     with open(os.path.join(data_dir, "wiki.txt"), encoding="utf-8") as f:
         wiki = "\n".join(f.read().split("\n")[:130]) + "\nWhere was everybody born?\n"
@@ -43,6 +43,7 @@ def small_corpus(tmp_path_factory, data_dir):
     with open(os.path.join(data_dir, "birth_places_train.tsv"), encoding="utf-8") as f:
         train = [l for l in f.read().split("\n") if l.strip() and set(l) - {"\t"} <= chars]
     (d / "train.tsv").write_text("\n".join(train[:130]) + "\n", encoding="utf-8")
+    (d / "dev.tsv").write_text("\n".join(train[130:170]) + "\n", encoding="utf-8")
     return d
 
 
@@ -80,9 +81,9 @@ def test_pretrain_then_finetune_then_evaluate(variant, small_corpus, tmp_path):
          "--writing_params_path", "f.params", "--finetune_corpus_path", f"{C}/train.tsv", "--max_epochs", "1"],
         tmp_path)
     out = run(["evaluate", variant, f"{C}/wiki.txt"] + extra + ["--reading_params_path", "f.params",
-               "--eval_corpus_path", f"{C}/train.tsv", "--outputs_path", "out.predictions"], tmp_path)
+               "--eval_corpus_path", f"{C}/dev.tsv", "--outputs_path", "out.predictions"], tmp_path)
     assert "Correct: " in out.stdout
-    assert len(lines(tmp_path / "out.predictions")) == count_questions(f"{C}/train.tsv")
+    assert len(lines(tmp_path / "out.predictions")) == count_questions(f"{C}/dev.tsv") == 40
     assert os.path.isdir(tmp_path / "expt" / "pretrain") and os.path.isdir(tmp_path / "expt" / "finetune")
 
 
