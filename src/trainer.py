@@ -13,6 +13,9 @@ On top of it, exact up to float rounding:
   the accumulated gradient is the full batch's.
 - autocast to bf16 (run.py's default where the hardware has it, see hardware.pick_dtype), or
   fp16 with a grad scaler.
+torch.compile is not used: on 2 CPU cores a compiled bf16 step took 0.61 s (dynamic
+shapes, sub-batches) and 1.36-1.51 s (static, whole batch) against 0.49 s eager,
+after 18-44 s of compiling. On a GPU it is not measured yet.
 """
 
 import contextlib
