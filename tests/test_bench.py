@@ -112,7 +112,7 @@ def test_grad_precision_tells_safe_params_from_unsafe(tmp_path):
     torch.save({"model": gpt.state_dict(), "epoch": 1}, tmp_path / "grown.ckpt")
     script = os.path.join(ROOT, "bench", "grad_precision.py")
     out = subprocess.run([sys.executable, script, os.path.join(DATA, "wiki.txt"), str(tmp_path / "init.params"),
-                          str(tmp_path / "grown.ckpt"), "--rows", "16"], capture_output=True, text=True)
+                          str(tmp_path / "grown.ckpt"), "--rows", "4"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     rows = re.findall(r"^\| \S+ \| [\d.]+ \| ([\d,. /]+) \| ([\d.]+) \| (-?[\d.]+) \|$", out.stdout, re.M)
     assert len(rows) == 2, out.stdout

@@ -179,13 +179,24 @@ def one_clean_line(out, *needles):
     return err
 
 
-@pytest.fixture
-def params(corpus):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The corpus and params of both variants, trained once for the module."""
+    d = tmp_path_factory.mktemp("trained")
+    (d / "wiki.txt").write_text(WIKI, encoding="utf-8")
+    (d / "train.tsv").write_text(TRAIN, encoding="utf-8")
     for variant, extra in (("vanilla", []), ("perceiver", ["--bottleneck_dim", "16"])):
         out = cli(["finetune", variant, "wiki.txt", "--writing_params_path", f"{variant}.params",
-                   "--finetune_corpus_path", "train.tsv", "--max_epochs", "1"] + extra, corpus)
+                   "--finetune_corpus_path", "train.tsv", "--max_epochs", "1"] + extra, d)
         assert out.returncode == 0, out.stderr
-    return corpus
+    return d
+
+
+@pytest.fixture
+def params(trained, tmp_path):
+    """A copy of them for one test, which may damage it."""
+    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
+    return tmp_path
 
 
 def evaluate(corpus, variant="vanilla", params="vanilla.params", eval_path="train.tsv", out="o.predictions", extra=()):
