@@ -51,7 +51,8 @@ def parse_args(argv=None):
     argp.add_argument("--shuffle", action="store_true",
                       help="a new order of the training rows every epoch (the course's loader keeps file order)")
     argp.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
-    argp.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    argp.add_argument("--num_workers", type=int, default=0,
+                      help="DataLoader worker processes (a GPU makes pretraining batches itself and needs none)")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                       help="autocast precision for training. auto: bfloat16 where the hardware computes it "
                            "(CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX; about 2x the float32 step on "
