@@ -94,14 +94,14 @@ def test_names_with_commas_and_non_ascii_letters_round_trip_through_evaluate(dat
 
 
 @pytest.mark.parametrize("perceiver", [False, True])
-@pytest.mark.parametrize("batch_size,padded", [(2, False), (2, True), (512, True)])
-def test_batched_greedy_decoding_equals_one_prompt_at_a_time(perceiver, batch_size, padded):
-    """Grouped by length (CPU), or prompts of every length in one padded batch (GPU); one is too long for padding."""
+@pytest.mark.parametrize("batch_size,bucket", [(2, 1), (2, 8), (512, 64)])
+def test_batched_greedy_decoding_equals_one_prompt_at_a_time(perceiver, batch_size, bucket):
+    """By exact length, in padded buckets of lengths (CPU), all in one padded batch (GPU); one prompt too long to pad."""
     torch.manual_seed(0)
     gpt = model.GPT(small_config(perceiver, block_size=64)).eval()
     prompts = [torch.randint(2, 40, (n,)).tolist() + [1] for n in (3, 7, 7, 12, 3, 20, 30, 7, 40)]
     itos = {i: chr(0x25A1) if i == 0 else chr(0x2047) if i == 1 else chr(60 + i) for i in range(40)}
-    fast = utils.predict_places(gpt, prompts, itos, mask_id=1, steps=32, batch_size=batch_size, padded=padded)
+    fast = utils.predict_places(gpt, prompts, itos, mask_id=1, steps=32, batch_size=batch_size, bucket=bucket)
     slow = []
     for p in prompts:
         out = utils.sample(gpt, torch.tensor([p]), 32, sample=False)[0]
