@@ -191,7 +191,7 @@ class Trainer:
             n = mine.clone()
             dist.all_reduce(n)
             share = self.config.world_size * mine / n.clamp(min=1.0)
-        batch_loss = 0.0
+        batch_loss = torch.zeros((), device=x.device)  # stays 0 for a batch without a real target
         for k, (xk, yk, nk) in enumerate(parts):
             last = k == len(parts) - 1
             # DDP syncs gradients on the last part's backward only
