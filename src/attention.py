@@ -146,6 +146,7 @@ class KVCache:
         self.kv = {}
         self.length = 0  # positions already cached (the same in every layer)
         self.pad = pad
+        self.mask = None  # row_mask of the current step, shared by the layers
 
     def positions(self, t):
         """Position numbers (B, t) of the next t positions of each row (padding at 0)."""
@@ -156,11 +157,13 @@ class KVCache:
         """Which keys (B, t, length + t) the next t positions may see, besides causality, or None."""
         if self.pad is None:
             return None
-        key = torch.arange(self.length + t, device=self.pad.device)
-        real_key = key[None, :] >= self.pad[:, None]
-        real_query = key[None, self.length:] >= self.pad[:, None]
-        # padding positions see padding, so that no softmax row is empty (an empty row is NaN)
-        return real_key[:, None, :] | ~real_query[:, :, None]
+        if self.mask is None or self.mask.size(-1) != self.length + t:  # once a step, not once a layer
+            key = torch.arange(self.length + t, device=self.pad.device)
+            real_key = key[None, :] >= self.pad[:, None]
+            real_query = key[None, self.length:] >= self.pad[:, None]
+            # padding positions see padding, so that no softmax row is empty (an empty row is NaN)
+            self.mask = real_key[:, None, :] | ~real_query[:, :, None]
+        return self.mask
 
     def update(self, layer, k, v):
         if layer in self.kv:

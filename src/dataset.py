@@ -111,6 +111,7 @@ class CharCorruptionDataset(Dataset):
         self.block_size = block_size
         self.vocab_size = len(chars)
         self.data = data.split("\n")
+        self._documents = {}  # device -> (ids, lengths) of the documents, for corrupt_batch
 
     def __len__(self):
         return len(self.data)
@@ -190,16 +191,14 @@ class CharCorruptionDataset(Dataset):
         """(ids, lengths) of the documents, padded with PAD, on device; built once per device.
         A row never shows more than the first max_len characters of its document, so only
         those are kept (at least one column, so that tiny blocks can still index it)."""
-        cache = self.__dict__.setdefault("_documents", {})
-        key = (device, self.block_size)
-        if key not in cache:
+        if device not in self._documents:
             width = max(self._max_len(), 1)
             docs = [document[:width] for document in self.data]
             ids = torch.tensor([[self.stoi[c] for c in d] + [self.stoi[PAD_CHAR]] * (width - len(d))
                                 for d in docs], dtype=torch.long)
             lengths = torch.tensor([len(d) for d in docs], dtype=torch.long)
-            cache[key] = ids.to(device), lengths.to(device)
-        return cache[key]
+            self._documents[device] = ids.to(device), lengths.to(device)
+        return self._documents[device]
 
 
 if __name__ == "__main__":

@@ -84,12 +84,13 @@ def greedy_batch(model, prompts, steps, stop_id=None, lengths=None):
     lengths = torch.full((B,), T, device=x.device) if lengths is None else lengths.clone()
     assert not padded or T + steps <= model.get_block_size(), "padded prompts must fit the block"
     cached = not model.perceiver and T + steps <= model.get_block_size()
-    if cached:
+    pad = None
+    if cached and padded:
         # the vanilla model reuses keys and values through a cache, which needs every row's next
         # position in the same column: its prompts are left-padded instead, and the cache told so
         pad = T - lengths
         x = shift_rows(x, pad)
-        cache = KVCache(pad if padded else None)
+    cache = KVCache(pad) if cached else None
     done = torch.zeros(B, dtype=torch.bool, device=x.device)
     for _ in range(steps):
         if cached:
@@ -108,7 +109,7 @@ def greedy_batch(model, prompts, steps, stop_id=None, lengths=None):
             done |= ix == stop_id
             if bool(done.all()):
                 break
-    return shift_rows(x, -pad) if cached else x
+    return x if pad is None else shift_rows(x, -pad)
 
 
 def predict_places(model, prompts, itos, mask_id, steps=32, batch_size=512, bucket=None):

@@ -127,3 +127,25 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         utils.atomic_write(path, crash)
     assert open(path).read() == "good\n"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_decoding_layouts_agree_on_the_course_dev_prompts(perceiver, wiki_text, data_dir):
+    """
+    The handout-size model on the real dev prompts (lengths, commas, non-ASCII): padded
+    buckets of 16 lengths (the CPU default for vanilla) and one padded batch (a GPU's)
+    give the predictions of decoding by exact length (the CPU default for the Perceiver).
+    """
+    import argparse
+    pre = dataset.CharCorruptionDataset(wiki_text, 128)
+    rows = utils.read_questions(os.path.join(data_dir, "birth_dev.tsv"))[::20 if perceiver else 5]  # it recomputes
+    mask_id = pre.stoi[pre.MASK_CHAR]
+    prompts = [dataset.encode(pre.stoi, q) + [mask_id] for _, q, _ in rows]
+    torch.manual_seed(0)
+    args = argparse.Namespace(variant="perceiver" if perceiver else "vanilla", bottleneck_dim=64, plain=False)
+    gpt = run.build_model(args, pre.vocab_size).eval()
+    # 12 characters: enough to compare the layouts, a third of the cost of the course's 32
+    exact = utils.predict_places(gpt, prompts, pre.itos, mask_id, steps=12, bucket=1)
+    assert len({len(p) for p in prompts}) > 8 and len(set(exact)) > 1
+    for bucket in (16, 128):
+        assert utils.predict_places(gpt, prompts, pre.itos, mask_id, steps=12, bucket=bucket) == exact
