@@ -1,11 +1,11 @@
 """
-Is bf16 autocast safe to train these params further? For each params file (or
-trainer checkpoint), on one batch of pretraining rows with dropout off: the
-largest attention logit of each layer, and the cosine between the gradient
-under bf16 autocast and the exact gradient (float64). float32's own cosine is
+Is bf16 (or fp16) autocast safe to train these params further? For each params
+file (or trainer checkpoint), on one batch of pretraining rows with dropout off:
+the largest attention logit of each layer, and the cosine between the gradient
+under autocast and the exact gradient (float64). float32's own cosine is
 printed beside it as the yardstick (1.0000 in every case measured).
 
-  python bench/grad_precision.py WIKI PARAMS [PARAMS ...] [--rows 128] [--variant perceiver --bottleneck_dim 64]
+  python bench/grad_precision.py WIKI PARAMS [PARAMS ...] [--rows 128] [--dtype float16] [--variant perceiver --bottleneck_dim 64]
 
 Measured on the handout's pretraining (results/README.md, "bf16"): logits in
 the hundreds give a cosine of 0.58-0.99, tens give 1.000; logits of ~2,000
@@ -26,12 +26,14 @@ import dataset  # noqa: E402
 import run  # noqa: E402
 
 
-def gradient(gpt, x, y, bf16=False):
+def gradient(gpt, x, y, dtype=None):
+    """The loss and the gradient, in autocast to dtype if given (fp16's loss scaled as GradScaler starts)."""
     gpt.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    scale = 2.0 ** 16 if dtype == torch.float16 else 1.0
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         _, loss = gpt(x, y)
-    loss.backward()
-    return loss.item(), torch.cat([p.grad.flatten().double() for p in gpt.parameters()])
+    (loss * scale).backward()
+    return loss.item(), torch.cat([p.grad.flatten().double() / scale for p in gpt.parameters()])
 
 
 def largest_logits(gpt, x):
@@ -59,6 +61,7 @@ def main():
     argp.add_argument("--rows", type=int, default=128, help="pretraining rows in the batch")
     argp.add_argument("--variant", default="vanilla", choices=["vanilla", "perceiver"])
     argp.add_argument("--bottleneck_dim", type=int, default=32)
+    argp.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"], help="the autocast to judge")
     argp.set_defaults(plain=False)  # run.build_model reads it
     args = argp.parse_args()
 
@@ -69,7 +72,8 @@ def main():
     x, y = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
     cos = torch.nn.functional.cosine_similarity
 
-    print("| params | loss | largest attention logit per layer | float32 cosine | bf16 cosine |\n"
+    dtype = getattr(torch, args.dtype)
+    print(f"| params | loss | largest attention logit per layer | float32 cosine | {args.dtype} cosine |\n"
           "| --- | --- | --- | --- | --- |")
     for path in args.params:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -80,8 +84,8 @@ def main():
         logits = largest_logits(gpt, x)
         loss, exact = gradient(gpt.double(), x, y)
         gpt.float()
-        fp32, bf16 = cos(gradient(gpt, x, y)[1], exact, dim=0), cos(gradient(gpt, x, y, True)[1], exact, dim=0)
-        print(f"| {path} | {loss:.3f} | {' / '.join(f'{v:,.0f}' for v in logits)} | {fp32:.4f} | {bf16:.3f} |",
+        fp32, low = cos(gradient(gpt, x, y)[1], exact, dim=0), cos(gradient(gpt, x, y, dtype)[1], exact, dim=0)
+        print(f"| {path} | {loss:.3f} | {' / '.join(f'{v:,.0f}' for v in logits)} | {fp32:.4f} | {low:.3f} |",
               flush=True)
 
 

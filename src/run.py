@@ -56,8 +56,7 @@ def parse_args(argv=None):
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                       help="autocast precision for training. auto: bfloat16 where the hardware computes it "
                            "(CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX; about 2x the float32 step on "
-                           "CPU, with the same loss curve: results/README.md), float16 on CUDA GPUs without bf16, "
-                           "float32 elsewhere. bfloat16 and "
+                           "CPU, with the same loss curve: results/README.md), float32 elsewhere. bfloat16 and "
                            "float16 (loss scaling) fall back to float32 with a note where they are emulated. "
                            "Evaluation is always float32")
     argp.add_argument("--save_every", type=int, default=0,

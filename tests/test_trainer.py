@@ -230,6 +230,9 @@ def test_device_batches_corrupt_whole_batches_in_file_order():
     state = random.getstate()
     batches = list(t.epoch_batches())
     assert random.getstate() == state  # __getitem__ would have drawn from Python's generator
+    # the DataLoader's batches have the same shapes, so the lr schedule counts the same tokens
+    loader = trainer.Trainer(t.raw_model, ds, None, TrainerConfig(batch_size=4))
+    assert [(x.shape, y.shape) for x, y in batches] == [(x.shape, y.shape) for x, y in loader.epoch_batches()]
     assert [len(x) for x, _ in batches] == [4, 4, 2]
     for row, (x, y) in enumerate(zip(*map(torch.cat, zip(*batches)))):
         text = "".join(ds.itos[int(c)] for c in x) + ds.itos[int(y[-1])]
