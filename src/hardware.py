@@ -46,7 +46,9 @@ def native_dtype(dtype, device):
     if dtype == "float32":
         return True
     if device.startswith("cuda"):
-        return dtype == "float16" or torch.cuda.is_bf16_supported()
+        # is_bf16_supported() counts emulation by default: True on a T4 or V100 (compute
+        # capability 7.x), whose bf16 matmuls are emulated and lose SDPA's fused kernels
+        return dtype == "float16" or torch.cuda.is_bf16_supported(including_emulation=False)
     if device == "cpu":
         # without AVX512-BF16/FP16 or AMX, oneDNN emulates them: a bf16 matmul ran ~40x slower than
         # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread each). ATEN_CPU_CAPABILITY=avx2

@@ -171,14 +171,42 @@ def test_bf16_gradients_break_on_large_attention_logits(scale, bf16_exact):
 def test_training_defaults_to_bf16_where_the_hardware_has_it(native, monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native)
     assert hardware.pick_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
-    for device in ("cuda", "cuda:1"):
-        # a GPU without bf16 (Colab's T4) trains in float32: fp16 is not measured safe (hardware.pick_dtype)
-        assert hardware.pick_dtype("auto", device) == ("bfloat16" if native else "float32")
     assert hardware.pick_dtype("auto", "mps") == "float32"
-    for device in ("cpu", "cuda"):
+    assert hardware.pick_dtype("auto", "cpu", plain=True) == "float32"
+
+
+def pretend_gpu(monkeypatch, capability):
+    """
+    torch's own is_bf16_supported answers for a card of this compute capability: the real
+    function runs, only what it asks of the driver is faked. As on a real T4, a bf16
+    tensor can be made below 8.0 (emulation), so the default call says True there.
+    """
+    props = type("Props", (), {"major": capability[0], "minor": capability[1], "name": "fake"})()
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+
+
+@pytest.mark.parametrize("card,capability,bf16", [
+    ("V100", (7, 0), False), ("T4", (7, 5), False), ("A100", (8, 0), True), ("L4", (8, 9), True),
+    ("H100", (9, 0), True)])
+def test_gpus_without_native_bf16_train_in_float32(card, capability, bf16, monkeypatch, capsys):
+    """
+    torch.cuda.is_bf16_supported() counts emulation by default, so it says True on a T4;
+    auto must still give float32 there (emulated bf16 matmuls, no fused SDPA), and a forced
+    bfloat16 the same note as an AVX2 CPU. fp16 is not measured safe, so auto never picks it.
+    """
+    pretend_gpu(monkeypatch, capability)
+    assert torch.cuda.is_bf16_supported(), "torch's default counts emulation: the fake must show it"
+    for device in ("cuda", "cuda:1"):
+        assert hardware.pick_dtype("auto", device) == ("bfloat16" if bf16 else "float32")
         assert hardware.pick_dtype("auto", device, plain=True) == "float32"
+    assert hardware.pick_dtype("bfloat16", "cuda") == ("bfloat16" if bf16 else "float32")
+    assert ("emulated" in capsys.readouterr().err) != bf16
+    assert hardware.pick_dtype("float16", "cuda") == "float16"
 
 
 @pytest.mark.parametrize("native", [True, False])
