@@ -64,6 +64,10 @@ def parse_args(argv=None):
                            "(resumable snapshots along the schedule; --max_epochs does not change the lr schedule)")
     argp.add_argument("--resume", action="store_true",
                       help="continue the interrupted run whose checkpoint is <writing_params_path>.ckpt")
+    argp.add_argument("--compile", action="store_true",
+                      help="torch.compile the model for training, whole batches (CUDA graphs on a GPU; a "
+                           "minute of compiling first). Off by default: slower on CPU, timed on a GPU by "
+                           "bench/gpu_check.sh")
     argp.add_argument("--plain", action="store_true",
                       help="the course's computation for debugging and comparison: explicit attention, fp32, "
                            "full-length rows, one prompt at a time when evaluating")
@@ -173,7 +177,8 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
         final_tokens=args.final_epochs * len(pretrain_dataset) * BLOCK_SIZE,
         num_workers=args.num_workers, writer=writer, device=device, seed=args.seed, shuffle=args.shuffle,
         dtype=dtype,
-        sub_batches=1 if args.plain else trainer.sub_batches_for(batch_size // world_size, dtype, device),
+        sub_batches=1 if args.plain or args.compile else trainer.sub_batches_for(batch_size // world_size, dtype, device),
+        compile=args.compile,
         # on a GPU: batches made there, and the loss read back every 25 steps, so that the
         # host queues work ahead of the device instead of waiting for it every step
         device_batches=device.startswith("cuda") and not args.plain,

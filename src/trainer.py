@@ -13,9 +13,10 @@ On top of it, exact up to float rounding:
   the accumulated gradient is the full batch's.
 - autocast to bf16 (run.py's default where the hardware has it, see hardware.pick_dtype), or
   fp16 with a grad scaler.
-torch.compile is not used: on 2 CPU cores a compiled bf16 step took 0.61 s (dynamic
-shapes, sub-batches) and 1.36-1.51 s (static, whole batch) against 0.49 s eager,
-after 18-44 s of compiling. On a GPU it is not measured yet.
+torch.compile is opt-in (config.compile, run.py --compile): on 2 CPU cores a compiled
+bf16 step took 0.61 s (dynamic shapes, sub-batches) and 1.36-1.51 s (static, whole
+batch) against 0.49 s eager, after 18-44 s of compiling; on a GPU it is timed by
+bench/gpu_check.sh.
 """
 
 import contextlib
@@ -59,6 +60,7 @@ class TrainerConfig:
     sub_batches = 1  # >1: sort rows by length and trim the padded tail of each sub-batch
     device_batches = False  # make each batch on the device (dataset.corrupt_batch) instead of a DataLoader
     log_every = 1  # read the loss back from the device every this many steps (the GPU need not wait)
+    compile = False  # torch.compile the model (CUDA graphs on a GPU); needs whole batches (sub_batches = 1)
     # distributed data parallel (set by run.py under torchrun): each rank takes batch_size / world_size rows
     rank = 0
     world_size = 1
@@ -157,10 +159,16 @@ class Trainer:
     def __init__(self, model, train_dataset, test_dataset, config):
         self.raw_model = model.to(config.device)
         self.model = self.raw_model
+        # a handout step on a GPU is bound by kernel launches, which CUDA graphs replay as one;
+        # static shapes, so a smaller last batch of an epoch compiles once more rather than dynamically
+        self.cuda_graphs = config.compile and torch.device(config.device).type == "cuda"
+        if config.compile:
+            self.model = torch.compile(self.model, dynamic=False,
+                                       mode="reduce-overhead" if self.cuda_graphs else None)
         if config.world_size > 1:
             # gradients are averaged across ranks during backward
             self.model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[config.device] if config.device.startswith("cuda") else None)
+                self.model, device_ids=[config.device] if config.device.startswith("cuda") else None)
         self.train_dataset = train_dataset
         self.test_dataset = test_dataset
         self.config = config
@@ -269,6 +277,8 @@ class Trainer:
     def optimizer_step(self, x, y):
         """One AdamW step on the batch (x, y), its gradient clipped; returns the batch's loss."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be reused
         loss = self.forward_backward(x, y)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_norm_clip)

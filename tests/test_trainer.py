@@ -239,3 +239,33 @@ def test_device_batches_corrupt_whole_batches_in_file_order():
         prefix, suffix, content = text.rstrip(ds.PAD_CHAR).split(ds.MASK_CHAR)
         assert docs[row].startswith(prefix + content + suffix)
         assert torch.equal(x[1:], y[:-1])
+
+
+def test_compiled_step_computes_the_eager_step():
+    """
+    --compile (torch.compile, whole static batches; CUDA graphs on a GPU) is opt-in and must
+    compute what the eager step computes: the same losses over steps, the course's state_dict
+    names. Inductor's real code generation, on CPU at a tiny size (about half a minute).
+    """
+    docs = "\n".join(f"person {i} was born in town {i % 7} and wrote {i} books" for i in range(24))
+
+    def steps(compile):
+        torch.manual_seed(0)
+        random.seed(0)
+        ds = dataset.CharCorruptionDataset(docs, 16)
+        cfg = small_config(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0, n_layer=1, n_embd=16, n_head=2)
+        cfg.vocab_size = ds.vocab_size
+        t = trainer.Trainer(model.GPT(cfg), ds, None,
+                            TrainerConfig(max_epochs=3, batch_size=24, learning_rate=1e-2, compile=compile))
+        losses = []
+        for epoch in range(3):  # one shape: compiled once
+            t.epoch, t.batches_done = epoch, 0
+            losses += [float(t.optimizer_step(x, y)) for x, y in t.epoch_batches()]
+        t.raw_model.eval()
+        return losses, t.raw_model.state_dict(), t.raw_model(torch.tensor([ds.stoi[c] for c in docs[:16]])[None])[0]
+
+    (eager, eager_params, eager_logits), (compiled, compiled_params, compiled_logits) = steps(False), steps(True)
+    assert compiled == pytest.approx(eager, rel=1e-5) and eager[-1] < eager[0]
+    assert list(compiled_params) == list(eager_params)
+    # logits, not params: the key biases have no gradient but rounding's, which Adam scales up to the lr
+    assert torch.allclose(compiled_logits, eager_logits, atol=1e-4)
