@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Builds assignment5.zip from src/*.py and the nine outputs of the handout, run
-# from the folder that holds them (default: this one). Says which outputs are
-# missing and exits non-zero if any are (the zip then holds what there is).
+# from the folder that holds them (default: this one), and checks what it zips:
+# each predictions file has the course's line count (500 dev, 437 test) and each
+# params file loads as its variant (the Perceiver's with the handout's m = 64).
+# Each problem is one line naming the file; then it exits non-zero (the zip then
+# holds what there is). The params check needs torch: $PYTHON, else this
+# repository's .venv, else python3; without torch it says they were not checked.
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "${1:-$here}"
 outputs="vanilla.model.params vanilla.nopretrain.dev.predictions vanilla.nopretrain.test.predictions
 vanilla.finetune.params vanilla.pretrain.dev.predictions vanilla.pretrain.test.predictions
 perceiver.finetune.params perceiver.pretrain.dev.predictions perceiver.pretrain.test.predictions"
-"$(command -v python3 || command -v python)" - "$here" $outputs <<'PY'
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then py="$here/.venv/bin/python"; else py="$(command -v python3 || command -v python)"; fi
+fi
+"$py" - "$here" $outputs <<'PY'
 import glob, os, sys, zipfile
 here, outputs = sys.argv[1], sys.argv[2:]
+LINES = {"dev": 500, "test": 437}  # the course's birth_dev.tsv and birth_test_inputs.tsv
 sources = sorted(glob.glob(os.path.join(here, "src", "*.py")))
 present = [f for f in outputs if os.path.isfile(f)]
 missing = [f for f in outputs if f not in present]
@@ -22,6 +31,47 @@ with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         z.write(f)
 os.replace(tmp, "assignment5.zip")
 print(f"assignment5.zip: {len(sources)} source files and {len(present)} of {len(outputs)} outputs")
+
+problems = []
+for f in present:
+    if f.endswith(".predictions"):
+        with open(f, "rb") as fh:
+            data = fh.read()
+        # one line per question; the last may lack its newline
+        n = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+        want = LINES[f.split(".")[-2]]
+        if n != want:
+            problems.append(f"{f}: {n} lines, the course's {f.split('.')[-2]} set has {want} questions "
+                            f"(predictions made on another corpus?)")
+
+params = [f for f in present if f.endswith(".params")]
+try:
+    import torch
+except ImportError:
+    torch = None
+    if params:
+        print(f"collect_submission.sh: warning: {sys.executable} has no torch: the params files were not checked "
+              f"(set PYTHON to an interpreter with torch)", file=sys.stderr)
+for f in params if torch else []:
+    try:
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        problems.append(f"{f}: not a readable params file ({type(e).__name__}: {str(e)[:80]})")
+        continue
+    if not isinstance(sd, dict) or "tok_emb.weight" not in sd or not all(torch.is_tensor(v) for v in sd.values()):
+        problems.append(f"{f}: not a model's state_dict (run.py writes one with --writing_params_path)")
+    elif f.startswith("perceiver."):
+        if "down_block.C" not in sd:
+            problems.append(f"{f}: vanilla params (no down_block.C), not the Perceiver's")
+        elif (sd["down_block.C"].shape[1] if sd["down_block.C"].dim() == 3 else None) != 64:
+            problems.append(f"{f}: a Perceiver whose down_block.C is {tuple(sd['down_block.C'].shape)}: "
+                            f"the handout's bottleneck is m = 64 (--bottleneck_dim 64)")
+    elif "down_block.C" in sd:
+        problems.append(f"{f}: Perceiver params (down_block.C), not the vanilla model's")
+
 if missing:
-    sys.exit("collect_submission.sh: missing outputs: " + " ".join(missing))
+    problems.insert(0, "missing outputs: " + " ".join(missing))
+for p in problems:
+    print("collect_submission.sh: " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
 PY

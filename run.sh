@@ -10,8 +10,10 @@
 #   bash run.sh perceiver_pretrain [DATA]   part (g): the same with the Perceiver, m = 64
 #   bash run.sh all [DATA]           all four parts, then collect_submission.sh
 #
-# DATA is the folder of wiki.txt and the three TSVs (default: $A5_DATA_DIR, else
-# data/). The handout's parts write their params and predictions into the current
+# DATA is the folder of the course's wiki.txt and three TSVs (default: $A5_DATA_DIR,
+# else the current folder, as in the handout's commands); a part stops at once,
+# naming the files it lacks. Only the demo reads the synthetic corpus in data/.
+# The handout's parts write their params and predictions into the current
 # folder, as the course's commands do. Extra flags for every training command can
 # be given in $TRAIN_FLAGS (e.g. TRAIN_FLAGS="--max_epochs 1" for a quick try),
 # for the pretraining commands alone in $PRETRAIN_FLAGS, and for the finetuning
@@ -22,13 +24,38 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 setup() {  # $1: requirements file
   if [ -n "${PYTHON:-}" ]; then return; fi
-  if [ ! -x "$here/.venv/bin/python" ] || ! "$here/.venv/bin/python" -c "import torch, tqdm, tensorboard" 2>/dev/null; then
+  local py="$here/.venv/bin/python" venv_flags=""
+  if [ ! -x "$py" ] || ! "$py" -c "import torch, tqdm, tensorboard" 2>/dev/null; then
     echo "setting up $here/.venv" >&2
-    python3 -m venv "$here/.venv"
-    "$here/.venv/bin/python" -m pip install -q --upgrade pip
+    if ! python3 -c "import sys; sys.exit(sys.version_info < (3, 10))" 2>/dev/null; then
+      echo "run.sh: Python 3.10 or newer is needed as python3 (or set PYTHON to one that has torch)" >&2; exit 1
+    fi
+    # a torch that python3 already has (Colab, a Deep Learning VM's CUDA build) is kept, not downloaded again
+    if python3 -c "import torch" 2>/dev/null; then venv_flags="--system-site-packages"; fi
+    if ! python3 -m venv $venv_flags "$here/.venv"; then
+      echo "run.sh: python3 -m venv failed: install python3-venv (Debian, Ubuntu: sudo apt install python3-venv), or set PYTHON" >&2; exit 1
+    fi
+    "$py" -m pip install -q --upgrade pip
   fi
-  "$here/.venv/bin/python" -m pip install -q -r "$here/$1"
-  PYTHON="$here/.venv/bin/python"
+  if ! "$py" -c "import torch" 2>/dev/null && ! nvidia-smi -L >/dev/null 2>&1; then
+    # no torch yet and no NVIDIA GPU: the release the tests ran with, whose CPU build pip finds on
+    # disk here (CI), rather than the newest release (on Linux a CUDA build of several GB)
+    "$py" -m pip install -q -r "$here/$1" -c "$here/constraints-cpu.txt"
+  else
+    "$py" -m pip install -q -r "$here/$1"
+  fi
+  PYTHON="$py"
+}
+
+need_data() {  # $1: a handout part; stops before any set-up if DATA lacks a file the part reads
+  local f missing=""
+  local files="wiki.txt birth_places_train.tsv birth_dev.tsv birth_test_inputs.tsv"
+  if [ "$1" = london ]; then files="birth_dev.tsv"; fi
+  for f in $files; do [ -f "$D/$f" ] || missing="${missing:+$missing, }$f"; done
+  if [ -n "$missing" ]; then
+    echo "run.sh $1: no $missing in $D: give the course data's folder (bash run.sh $1 DATA_DIR) or set A5_DATA_DIR" >&2
+    exit 1
+  fi
 }
 
 run() { echo "+ $*" >&2; "$PYTHON" "$@"; }
@@ -93,12 +120,13 @@ PY
 }
 
 cmd="${1:-demo}"
-D="${2:-${A5_DATA_DIR:-$here/data}}"
+# the handout's parts never fall back to data/: that is the demo's synthetic corpus
+D="${2:-${A5_DATA_DIR:-$PWD}}"
 case "$cmd" in
   demo) setup requirements.txt; demo ;;
   test) setup requirements-dev.txt; cd "$here"; "$PYTHON" -m pytest -q tests ;;
-  london|vanilla_nopretrain|vanilla_pretrain|perceiver_pretrain) setup requirements.txt; "$cmd" ;;
-  all) setup requirements.txt; london; vanilla_nopretrain; vanilla_pretrain; perceiver_pretrain
+  london|vanilla_nopretrain|vanilla_pretrain|perceiver_pretrain) need_data "$cmd"; setup requirements.txt; "$cmd" ;;
+  all) need_data all; setup requirements.txt; london; vanilla_nopretrain; vanilla_pretrain; perceiver_pretrain
        bash "$here/collect_submission.sh" "$PWD" ;;
   *) echo "run.sh: unknown subcommand '$cmd' (demo, test, london, vanilla_nopretrain, vanilla_pretrain, perceiver_pretrain, all)" >&2; exit 2 ;;
 esac
