@@ -76,8 +76,9 @@ def main():
     print(f"| params | loss | largest attention logit per layer | float32 cosine | {args.dtype} cosine |\n"
           "| --- | --- | --- | --- | --- |")
     for path in args.params:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("model", state)  # a trainer checkpoint holds the model's state under "model"
+        # params, or a trainer checkpoint, which holds them under "model"; never a full unpickling
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
         gpt = run.build_model(args, ds.vocab_size)
         gpt.load_state_dict(state)
         gpt.eval()  # dropout off: the gradients differ only by precision

@@ -20,6 +20,8 @@ import sys
 import torch
 
 here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "..", "src"))
+import trainer  # noqa: E402
 
 
 def main():
@@ -42,7 +44,10 @@ def main():
 
     rows = []
     for ckpt in args.ckpts:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:
+            state = trainer.load_checkpoint_file(ckpt)
+        except trainer.CheckpointError as e:
+            sys.exit(f"{ckpt}: {e}")
         tag = os.path.join(args.out, f"ep{state['epoch']}")
         torch.save(state["model"], tag + ".pretrain.params")
         wiki = os.path.join(args.data, "wiki.txt")

@@ -21,6 +21,15 @@ def pick_device(name):
     return "cpu"
 
 
+def describe(device):
+    """The device as a user would recognise it: cuda:0 (NVIDIA H100 80GB HBM3), cpu (2 threads, AVX512)."""
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+    return device
+
+
 def setup_distributed(device):
     """
     Under torchrun (WORLD_SIZE > 1): one process per device, NCCL between GPUs,

@@ -4,8 +4,10 @@ line, unchanged, with a few additions (see --help).
 """
 
 import argparse
+import hashlib
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -93,10 +95,18 @@ def check_args(args):
         path = getattr(args, name)
         if path is not None and not os.path.isfile(path):
             fail(f"{path}: no such file (--{name.replace('_path', '')}{'_path' if name != 'pretrain_corpus_path' else ''})")
-    for name in ("writing_params_path", "outputs_path"):
+    inputs = [name for name in ("pretrain_corpus_path", "finetune_corpus_path", "eval_corpus_path",
+                                "reading_params_path") if getattr(args, name) is not None]
+    outputs = ["outputs_path"] if args.function == "evaluate" else ["writing_params_path"]
+    for name in outputs:
         path = getattr(args, name)
-        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            fail(f"{path}: folder {os.path.dirname(os.path.abspath(path))} does not exist (--{name})")
+        for written in (path, path + ".ckpt") if name == "writing_params_path" else (path,):
+            for source in inputs:
+                if same_file(written, getattr(args, source)):
+                    fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")
+        check_writable(path, name)
+    if args.max_epochs is not None and args.max_epochs < 1:
+        fail(f"--max_epochs must be at least 1, got {args.max_epochs}")
     if args.batch_size is not None and args.batch_size < 1:
         fail(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.save_every < 0:
@@ -105,6 +115,32 @@ def check_args(args):
         fail(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
     if args.variant == "perceiver" and not 0 < args.bottleneck_dim <= BLOCK_SIZE:
         fail(f"--bottleneck_dim must be between 1 and {BLOCK_SIZE}, got {args.bottleneck_dim}")
+
+
+def flag(name):
+    return name if name == "pretrain_corpus_path" else f"--{name}"
+
+
+def same_file(a, b):
+    """Whether two paths name one file: the same inode if both exist, else the same resolved path."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_writable(path, name):
+    """Before any work: an output that cannot be written would fail only after training or decoding."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        fail(f"{path}: is a folder, not a file (--{name})")
+    if not os.path.isdir(folder):
+        fail(f"{path}: folder {folder} does not exist (--{name})")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        fail(f"{path}: cannot write in folder {folder}: {e.strerror} (--{name})")
 
 
 def read_text(path):
@@ -153,7 +189,7 @@ def load_params(gpt, path, args, device):
 
 
 def save_params(gpt, path):
-    utils.atomic_write(path, lambda f: torch.save(gpt.state_dict(), f), mode="wb")
+    utils.save_atomic(gpt.state_dict(), path)
 
 
 def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epochs, batch_size, learning_rate):
@@ -184,6 +220,13 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
         device_batches=device.startswith("cuda") and not args.plain,
         log_every=1 if device == "cpu" else 25,
         ckpt_path=ckpt_path, save_every=args.save_every, rank=rank, world_size=world_size)
+    # what a resumed run must share with the run that wrote the checkpoint
+    tconf.run_args = {
+        "function": args.function, "variant": args.variant, "--batch_size": batch_size,
+        "--bottleneck_dim": args.bottleneck_dim if args.variant == "perceiver" else None,
+        "learning rate": learning_rate, "--max_epochs": tconf.max_epochs, "--warmup_epochs": args.warmup_epochs,
+        "--final_epochs": args.final_epochs, "--seed": args.seed, "--shuffle": args.shuffle,
+        "processes": world_size, "training rows": len(train_dataset), "corpus sha256": args.corpus_sha256}
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
     if os.path.exists(ckpt_path):
         if not args.resume:
@@ -191,25 +234,32 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
                  f"or delete it to start over")
         try:
             t.load_checkpoint(ckpt_path)
-        except Exception as e:
-            fail(f"{ckpt_path}: cannot resume from this checkpoint ({type(e).__name__}: {str(e)[:80]})")
+        except trainer.CheckpointError as e:
+            fail(f"{ckpt_path}: cannot resume: {e}")
         if rank == 0:
             print(f"resuming from {ckpt_path}: epoch {t.epoch + 1}, step {t.step}")
     elif args.resume and rank == 0:
         print(f"no checkpoint at {ckpt_path}: starting from the beginning")
+    if rank == 0:
+        steps = t.progress_bar_total()
+        print(f"{args.function} {args.variant} on {hardware.describe(device)}"
+              f"{f' x {world_size} processes' if world_size > 1 else ''}, {dtype}: {len(train_dataset):,} rows, "
+              f"{batch_size} a step, {tconf.max_epochs} epochs = {steps:,} steps", flush=True)
     try:
         t.train()
+        if rank == 0:
+            save_params(gpt, args.writing_params_path)
+            os.remove(ckpt_path)
     except trainer.Interrupted as e:
         if rank == 0:
             print(f"\ninterrupted by {e} at epoch {t.epoch + 1}, step {t.step}: checkpoint in {ckpt_path}; "
                   f"rerun the same command with --resume to continue", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # a full disk or a vanished folder: the last checkpoint, if any, is intact
+        fail(f"{e.filename or args.writing_params_path}: cannot write: {e.strerror}")
     finally:
         if writer is not None:
             writer.close()
-    if rank == 0:
-        save_params(gpt, args.writing_params_path)
-        os.remove(ckpt_path)
 
 
 def evaluate(args, gpt, pretrain_dataset, device):
@@ -217,6 +267,8 @@ def evaluate(args, gpt, pretrain_dataset, device):
         rows = utils.read_questions(args.eval_corpus_path)
     except (ValueError, UnicodeDecodeError) as e:
         fail(f"{args.eval_corpus_path}: {e}" if isinstance(e, UnicodeDecodeError) else str(e))
+    if not rows:
+        fail(f"{args.eval_corpus_path}: no questions")
     mask_id = pretrain_dataset.stoi[pretrain_dataset.MASK_CHAR]
     prompts = []
     for n, question, _ in rows:
@@ -225,6 +277,7 @@ def evaluate(args, gpt, pretrain_dataset, device):
         except ValueError as e:
             fail(str(e))
     gpt.eval()
+    print(f"evaluate {args.variant} on {hardware.describe(device)}, float32: {len(prompts)} questions", flush=True)
     start = time.time()
     if args.plain:
         # the course's loop: one prompt at a time, recomputing every position
@@ -238,8 +291,11 @@ def evaluate(args, gpt, pretrain_dataset, device):
         predictions = utils.predict_places(gpt, prompts, pretrain_dataset.itos, mask_id)
     print(f"decoded {len(prompts)} questions in {time.time() - start:.1f}s")
     # the course wrote one line per prediction; a newline inside one would shift the rest
-    utils.atomic_write(args.outputs_path,
-                       lambda f: f.write("".join(p.replace("\n", " ") + "\n" for p in predictions)))
+    try:
+        utils.atomic_write(args.outputs_path,
+                           lambda f: f.write("".join(p.replace("\n", " ") + "\n" for p in predictions)))
+    except OSError as e:
+        fail(f"{args.outputs_path}: cannot write: {e.strerror}")
     total, correct = utils.evaluate_places(args.eval_corpus_path, predictions)
     if total > 0:
         print(f"Correct: {correct} out of {total}: {correct / total * 100}%")
@@ -259,6 +315,7 @@ def main(argv=None):
 
     # The pretraining corpus always defines the vocabulary, whatever the function.
     text = read_text(args.pretrain_corpus_path)
+    digest = hashlib.sha256(text.encode())
     try:
         pretrain_dataset = dataset.CharCorruptionDataset(text, BLOCK_SIZE)
     except ValueError as e:
@@ -268,11 +325,15 @@ def main(argv=None):
     gpt = build_model(args, pretrain_dataset.vocab_size).to(device)
 
     if args.function == "pretrain":
+        args.corpus_sha256 = digest.hexdigest()[:16]
         train(args, gpt, pretrain_dataset, pretrain_dataset, device, dist_env,
               max_epochs=650, batch_size=128, learning_rate=args.pretrain_lr)
     elif args.function == "finetune":
+        finetune_text = read_text(args.finetune_corpus_path)
+        digest.update(finetune_text.encode())
+        args.corpus_sha256 = digest.hexdigest()[:16]
         try:
-            finetune_dataset = dataset.NameDataset(pretrain_dataset, read_text(args.finetune_corpus_path))
+            finetune_dataset = dataset.NameDataset(pretrain_dataset, finetune_text)
         except ValueError as e:
             fail(f"{args.finetune_corpus_path}:{str(e)[len('line '):]}")
         if len(finetune_dataset) == 0:

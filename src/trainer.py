@@ -22,8 +22,8 @@ bench/gpu_check.sh.
 import contextlib
 import math
 import os
+import pickle
 import random
-import shutil
 import signal
 import time
 
@@ -33,6 +33,8 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import DataLoader
 from tqdm import tqdm
+
+from utils import save_atomic
 
 
 class TrainerConfig:
@@ -64,6 +66,9 @@ class TrainerConfig:
     # distributed data parallel (set by run.py under torchrun): each rank takes batch_size / world_size rows
     rank = 0
     world_size = 1
+    # what decides the run's computation (run.py: variant, batch size, lrs, epochs, seed, corpus hash...):
+    # stored in the checkpoint, and a resume with other values is refused
+    run_args = None
 
     def __init__(self, **kwargs):
         for k, v in kwargs.items():
@@ -151,7 +156,57 @@ def split_by_length(x, y, n):
 
 
 class Interrupted(Exception):
-    """Training stopped by SIGINT or SIGTERM after writing its checkpoint."""
+    """Training stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable, of an older format, or of another run."""
+
+
+CHECKPOINT_FORMAT = 2  # 2: loads with weights_only=True (tensors and plain numbers only), RNG states per rank
+
+# an SSH session that drops sends SIGHUP: checkpoint as for Ctrl-C (SIGINT) or a scheduler's SIGTERM
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
+def load_checkpoint_file(path, device="cpu"):
+    """
+    A checkpoint's contents, loaded with weights_only=True: a crafted file cannot run code
+    when unpickled. Older checkpoints held numpy objects, which only a full unpickling reads.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError("holds objects other than tensors and plain numbers, so it cannot be loaded "
+                              "safely (a checkpoint of an older version of this project?); delete it to "
+                              "start over") from None
+    except Exception as e:  # zip, EOF and torch errors all mean: not a checkpoint
+        raise CheckpointError(f"not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"not a checkpoint of this version (format {CHECKPOINT_FORMAT}); delete it to start over")
+    return state
+
+
+def rng_state(device):
+    """This process's random generators, as tensors and plain numbers (see load_checkpoint_file)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
+            # the current device's generator only: all visible devices' would not fit fewer GPUs
+            "cuda": torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None}
+
+
+def set_rng_state(state, device):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 class Trainer:
@@ -214,39 +269,49 @@ class Trainer:
         return batch_loss  # a tensor on the device: reading it would make the host wait for the GPU
 
     def save_checkpoint(self):
-        """Everything needed to continue exactly where training is now, written atomically."""
-        if self.config.ckpt_path is None or self.config.rank != 0:
+        """
+        Everything needed to continue exactly where training is now, written atomically by
+        rank 0. Every rank calls it: each one's random generators are gathered, so that a
+        resumed rank continues its own corruption and dropout streams.
+        """
+        if self.config.ckpt_path is None:
+            return
+        rng = [rng_state(self.device)]
+        if self.config.world_size > 1:
+            rng = [None] * self.config.world_size
+            dist.all_gather_object(rng, rng_state(self.device))
+        if self.config.rank != 0:
             return
         state = {
+            "format": CHECKPOINT_FORMAT, "run": self.config.run_args,
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "tokens": self.tokens, "step": self.step,
-            "epoch": self.epoch, "batches_done": self.batches_done,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "epoch": self.epoch, "batches_done": self.batches_done, "rng": rng,
         }
-        tmp = self.config.ckpt_path + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.config.ckpt_path)
+        save_atomic(state, self.config.ckpt_path)
         every = self.config.save_every
         if every and self.batches_done == 0 and self.epoch % every == 0:
             # snapshots along the schedule: resumable, and what bench/snapshot_curve.py reads
-            shutil.copyfile(self.config.ckpt_path, tmp)
-            os.replace(tmp, f"{self.config.ckpt_path}.epoch{self.epoch}")
+            save_atomic(state, f"{self.config.ckpt_path}.epoch{self.epoch}")
 
     def load_checkpoint(self, path):
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        """Continue from a checkpoint of this same run (CheckpointError otherwise)."""
+        state = load_checkpoint_file(path, self.device)
+        saved, mine = state["run"] or {}, self.config.run_args or {}
+        for key in mine:
+            if key in saved and saved[key] != mine[key]:
+                raise CheckpointError(f"was written by a run with {key} {saved[key]}, but this run has "
+                                      f"{key} {mine[key]}: resume with the same arguments, or delete it to "
+                                      f"start over")
+        if len(state["rng"]) != self.config.world_size:
+            raise CheckpointError(f"was written by {len(state['rng'])} processes, but this run has "
+                                  f"{self.config.world_size}: resume with as many")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.tokens, self.step = state["tokens"], state["step"]
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
+        set_rng_state(state["rng"][self.config.rank], self.device)
 
     def epoch_batches(self):
         """
@@ -267,7 +332,10 @@ class Trainer:
             for i in range(0, len(order), rows_per_rank):
                 yield self.train_dataset.corrupt_batch(order[i:i + rows_per_rank])
             return
-        for x, y in DataLoader(self.train_dataset, batch_size=rows_per_rank, sampler=order,
+        # creating the loader's iterator draws a seed; from torch's global generator, it would also shift
+        # dropout's stream, and a run resumed mid-epoch would draw once more than an uninterrupted one
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.epoch)
+        for x, y in DataLoader(self.train_dataset, batch_size=rows_per_rank, sampler=order, generator=generator,
                                num_workers=config.num_workers, pin_memory=self.device.startswith("cuda")):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -299,11 +367,14 @@ class Trainer:
             param_group["lr"] = lr
         return lr
 
-    def progress_bar(self):
+    def progress_bar_total(self):
+        """Optimizer steps of the whole run."""
         config = self.config
         rows = len(DistributedSampler(self.train_dataset, num_replicas=config.world_size, rank=config.rank))
-        batches_per_epoch = math.ceil(rows / (config.batch_size // config.world_size))
-        return tqdm(total=config.max_epochs * batches_per_epoch, initial=self.step, disable=config.rank != 0,
+        return config.max_epochs * math.ceil(rows / (config.batch_size // config.world_size))
+
+    def progress_bar(self):
+        return tqdm(total=self.progress_bar_total(), initial=self.step, disable=self.config.rank != 0,
                     dynamic_ncols=True, unit="step", smoothing=0.1)
 
     def log(self, pbar, steps, chars_per_s):
@@ -323,11 +394,26 @@ class Trainer:
                 self.config.writer.add_scalar("train/loss", loss, first + k)
                 self.config.writer.add_scalar("train/lr", lr, first + k)
 
+    def should_stop(self):
+        """
+        Whether every rank stops now. Under torchrun a signal reaches the ranks at different
+        steps; a rank that stopped alone would leave the others waiting in a collective
+        forever, so the ranks agree (a rank's stop stops all), at the same step.
+        """
+        stop = self.stop_signal is not None
+        if self.config.world_size > 1:
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+            if stop and self.stop_signal is None:
+                self.stop_signal = signal.SIGTERM  # another rank's signal; ours is named in its message
+        return stop
+
     def train(self):
         config = self.config
         pbar = self.progress_bar()
         # a signal finishes the current step, then we checkpoint and stop
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         start, start_step, chars, unlogged = time.time(), self.step, 0, []
         try:
             while self.epoch < config.max_epochs:
@@ -336,12 +422,16 @@ class Trainer:
                     loss = self.optimizer_step(x, y)
                     unlogged.append((loss, self.update_lr(y)))
                     chars = chars + (y != 0).sum() * config.world_size  # stays on the device until logged
-                    if len(unlogged) >= config.log_every or self.stop_signal is not None:
+                    # under torchrun the ranks check for a stop at log points only: each check is a collective
+                    log_point = len(unlogged) >= config.log_every
+                    if log_point or (config.world_size == 1 and self.stop_signal is not None):
                         self.log(pbar, unlogged, float(chars) / (time.time() - start))
                         unlogged = []
-                    if self.stop_signal is not None:
-                        self.save_checkpoint()
-                        raise Interrupted(signal.Signals(self.stop_signal).name)
+                        if self.step - start_step == max(10, config.log_every):
+                            self.print_expected_time(pbar, start, start_step)
+                        if self.should_stop():
+                            self.save_checkpoint()
+                            raise Interrupted(signal.Signals(self.stop_signal).name)
                 if unlogged:
                     self.log(pbar, unlogged, float(chars) / (time.time() - start))
                     unlogged = []
@@ -357,3 +447,19 @@ class Trainer:
             steps = self.step - start_step
             print(f"trained {config.max_epochs} epochs, {self.step} steps ({steps} in this run) "
                   f"in {elapsed:.1f}s: {steps / elapsed:.2f} steps/s, {float(chars) / elapsed:,.0f} chars/s")
+
+    def print_expected_time(self, pbar, start, start_step):
+        """Once, after the first steps: how long the whole run will take at this pace."""
+        rate = (self.step - start_step) / max(time.time() - start, 1e-9)
+        left = (pbar.total - self.step) / rate
+        if self.config.rank == 0:
+            pbar.write(f"expected time of the whole run: about {duration(left)} more "
+                       f"({pbar.total - self.step:,} steps at {rate:.2f} steps/s)")
+
+
+def duration(seconds):
+    """3 h 05 min, 12 min, 40 s."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

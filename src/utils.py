@@ -3,6 +3,7 @@ Sampling and evaluation helpers, as in the course code, plus the batched greedy
 decoder that `run.py evaluate` uses (same predictions as one prompt at a time).
 """
 
+import io
 import os
 import random
 import tempfile
@@ -196,20 +197,39 @@ def evaluate_places(filepath, predicted_places):
     return (float(total), float(correct))
 
 
+def save_atomic(obj, path):
+    """torch.save(obj, path) through atomic_write. Serialized in memory first: torch.save's own
+    writer turns a failed write (a full disk) into an unrelated error at its end."""
+    data = io.BytesIO()
+    torch.save(obj, data)
+    atomic_write(path, lambda f: f.write(data.getbuffer()), mode="wb")
+
+
 def atomic_write(path, write, mode="w"):
     """
     Call write(file) on a temporary file beside path, then rename it over path,
-    so a crash never leaves a half-written file where a good one was.
+    so a crash never leaves a half-written file where a good one was, and a
+    failed write (a full disk) leaves no temporary file behind. An OSError
+    names path.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut only once the folder is synced
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
