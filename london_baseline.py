@@ -8,6 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+import inputs  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -16,10 +17,10 @@ def main():
     argp.add_argument("--eval_corpus_path", default="birth_dev.tsv")
     args = argp.parse_args()
     try:
-        n = len(utils.read_questions(args.eval_corpus_path))
+        n = len(inputs.read_questions(args.eval_corpus_path))
         total, correct = utils.evaluate_places(args.eval_corpus_path, ["London"] * n)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        sys.exit(f"london_baseline.py: error: {args.eval_corpus_path}: {getattr(e, 'strerror', None) or e}")
+    except inputs.InputError as e:  # the file's name and line are in it
+        sys.exit(f"london_baseline.py: error: {e}")
     if total > 0:
         print(f"Correct: {correct} out of {total}: {correct / total * 100}%")
     else:

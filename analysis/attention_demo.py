@@ -1,6 +1,6 @@
 """
 Handout question 1 (exploring attention), in numbers and pictures, computed with
-the project's own attention function (src/attention.py: attend) on one head with
+the project's own attention function (src/attention.py: CausalSelfAttention.attend) on one head with
 no projections:
 
   (a) copying: a query aligned with one key k_j copies its value v_j, more
@@ -26,13 +26,16 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from attention import attend  # noqa: E402
+from attention import CausalSelfAttention  # noqa: E402
+from model import GPTConfig  # noqa: E402
 
 
 def attention(q, k, v):
     """c = softmax(q k^T / sqrt(d)) v for one head, nothing masked, no dropout; q (B, d), k and v (B, n, d)."""
-    mask = torch.ones(1, 1, 1, k.shape[1])  # nothing masked
-    c = attend(q[:, None, None, :], k[:, None], v[:, None], mask, torch.nn.Identity(), fast=False)
+    d, n = q.shape[1], k.shape[1]
+    head = CausalSelfAttention(GPTConfig(1, n, n_embd=d, n_head=1, attn_pdrop=0.0, plain=True)).eval()
+    mask = torch.ones(1, 1, 1, n)  # nothing masked
+    c = head.attend(q[:, None, None, :], k[:, None], v[:, None], mask)
     return c[:, 0, 0, :]
 
 
@@ -112,7 +115,7 @@ def main(argv=None):
     lines = ["# Attention exploration (handout question 1)", "",
              f"`python analysis/attention_demo.py --out {args.out} --seed {args.seed} --d {d} --n {n} "
              f"--alpha {args.alpha:g} --scale {args.scale:g} --samples {args.samples}`: {n} orthonormal "
-             f"keys and values in {d} dimensions, one head of `attention.attend`. t is the score q.k/sqrt(d) "
+             f"keys and values in {d} dimensions, one head of `CausalSelfAttention.attend`. t is the score q.k/sqrt(d) "
              f"(queries are scaled by sqrt(d) to cancel attend's division).", "",
              "## (a) copying, q = t k_j (uniform weights have entropy ln n = %.3f)" % math.log(n), "",
              "| t | " + " | ".join(f"{v:g}" for v in shown) + " |",

@@ -129,7 +129,7 @@ def main(argv=None):
             torch.manual_seed(args.seed)
             extra = dict(perceiver=True, bottleneck_dim=m) if variant == "perceiver" else {}
             gpt = model.GPT(model.GPTConfig(args.vocab, l, n_layer=L, n_head=8, n_embd=d, **extra)).to(device)
-            gpt.train()  # the fast path (GPTConfig.fast) and dropout, as in training
+            gpt.train()  # the default path (not GPTConfig.plain) and dropout, as in training
             idx = torch.randint(1, args.vocab, (args.batch, l), device=device)
             seconds, nbytes = measure(gpt, idx, args.reps, device)
             rows[variant].append((l, seconds, nbytes))

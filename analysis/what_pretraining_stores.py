@@ -32,8 +32,9 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 import dataset  # noqa: E402
+import decoding  # noqa: E402
+import inputs  # noqa: E402
 import run  # noqa: E402
-import utils  # noqa: E402
 
 BLOCK_SIZE = 128
 SEEN = int(BLOCK_SIZE * 7 / 8)  # CharCorruptionDataset truncates each document to at most 112 characters
@@ -125,16 +126,16 @@ def main(argv=None):
     gpt.eval()
     mask_id = ds.stoi[ds.MASK_CHAR]
 
-    rows = [(name_of(q), q, place) for _, q, place in utils.read_questions(args.eval)]
+    rows = [(name_of(q), q, place) for _, q, place in inputs.read_questions(args.eval)]
     if not rows or rows[0][2] is None:
         argp.error(f"--eval {args.eval} has no gold places (question<TAB>place lines are needed)")
     lines = wiki_lines(text, [name for name, _, _ in rows])
     groups = [group_of(lines.get(name), place) for name, _, place in rows]
-    prompts = [dataset.encode(ds.stoi, q, f"{args.eval}:{i + 1}") + [mask_id] for i, (_, q, _) in enumerate(rows)]
-    preds = utils.predict_places(gpt, prompts, ds.itos, mask_id, steps=STEPS)
+    prompts = [inputs.encode(ds.stoi, q, f"{args.eval}:{i + 1}") + [mask_id] for i, (_, q, _) in enumerate(rows)]
+    preds = decoding.predict_places(gpt, prompts, ds.itos, mask_id, steps=STEPS)
     probs = answer_probabilities(gpt, prompts, preds, ds.stoi, mask_id)
     right = [pred == place for pred, (_, _, place) in zip(preds, rows)]
-    train_places = collections.Counter(place for _, _, place in utils.read_questions(args.train))
+    train_places = collections.Counter(place for _, _, place in inputs.read_questions(args.train))
 
     # (a) accuracy by where the place stands: retrieval can only help the first group
     md = ["# What pretraining stores (handout question 3)", "",

@@ -38,19 +38,19 @@ def gradient(gpt, x, y, dtype=None):
 
 def largest_logits(gpt, x):
     """max |q k^T / sqrt(hs)| over the causal positions, per attention layer in call order."""
-    found, attend = [], attention.attend
+    found, attend = [], attention.CausalSelfAttention.attend
 
-    def spy(q, k, v, mask, *rest, **kw):
+    def spy(self, q, k, v, mask=None):
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
-        m = mask[:, :, :q.size(-2), :k.size(-2)]
+        m = self.mask[:, :, :q.size(-2), :k.size(-2)] if mask is None else mask
         found.append(scores.masked_fill(m == 0, 0).abs().max().item())
-        return attend(q, k, v, mask, *rest, **kw)
-    attention.attend = spy
+        return attend(self, q, k, v, mask)
+    attention.CausalSelfAttention.attend = spy
     try:
         with torch.no_grad():
             gpt(x)
     finally:
-        attention.attend = attend
+        attention.CausalSelfAttention.attend = attend
     return found
 
 

@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 import dataset  # noqa: E402
+import decoding  # noqa: E402
+import inputs  # noqa: E402
 import run  # noqa: E402
-import utils  # noqa: E402
 
 
 def main():
@@ -42,7 +43,7 @@ def main():
     gpt.eval()
 
     places = {question[len("Where was "):-len(" born?")]: place
-              for _, question, place in utils.read_questions(args.tsv)}
+              for _, question, place in inputs.read_questions(args.tsv)}
     recalled, probed = 0, []
     for line in text.split("\n"):
         name = line.split(".")[0]
@@ -53,7 +54,7 @@ def main():
         if not 0 < cut <= 100:
             continue
         prompt = torch.tensor([[ds.stoi[c] for c in line[:cut]]])
-        got = "".join(ds.itos[int(t)] for t in utils.greedy_batch(gpt, prompt, len(place))[0, cut:])
+        got = "".join(ds.itos[int(t)] for t in decoding.greedy_batch(gpt, prompt, len(place))[0, cut:])
         recalled += got == place
         probed.append(place)
     if not probed:

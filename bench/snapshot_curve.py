@@ -21,7 +21,7 @@ import torch
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "src"))
-import trainer  # noqa: E402
+import checkpoint  # noqa: E402
 
 
 def main():
@@ -45,8 +45,8 @@ def main():
     rows = []
     for ckpt in args.ckpts:
         try:
-            state = trainer.load_checkpoint_file(ckpt)
-        except trainer.CheckpointError as e:
+            state = checkpoint.load(ckpt)
+        except checkpoint.CheckpointError as e:
             sys.exit(f"{ckpt}: {e}")
         tag = os.path.join(args.out, f"ep{state['epoch']}")
         torch.save(state["model"], tag + ".pretrain.params")

@@ -5,7 +5,8 @@ The two datasets of the assignment:
 - NameDataset: "Where was <name> born?<TAB><place>" lines, for finetuning.
 
 Importing this module reads no file and prints nothing (an autograder imports it).
-Bad input raises ValueError("line N: problem"); callers add the file name.
+Bad input raises inputs.InputError (a ValueError): "line N: problem".
+(A GPU makes whole pretraining batches at once instead: device_batches.py.)
 """
 
 import argparse
@@ -14,25 +15,10 @@ import random
 import torch
 from torch.utils.data import Dataset
 
+from inputs import InputError, encode, question_rows
+
 PAD_CHAR = u"\u25A1"   # empty square: padding, id 0, ignored by the loss
 MASK_CHAR = u"\u2047"  # double question mark: marks the corrupted span, id 1
-
-
-def lines_of(data):
-    """(line number, text) of each non-blank line, line endings (LF or CRLF) stripped."""
-    for n, line in enumerate(data.split("\n"), start=1):
-        line = line.rstrip("\r")
-        if line.strip():
-            yield n, line
-
-
-def encode(stoi, text, where="text"):
-    """Vocabulary ids of text; a character the vocabulary lacks is a clear error."""
-    try:
-        return [stoi[c] for c in text]
-    except KeyError as e:
-        raise ValueError(f"{where}: character {e.args[0]!r} (U+{ord(e.args[0]):04X}) is not in the "
-                         f"vocabulary of the pretraining corpus") from None
 
 
 class NameDataset(Dataset):
@@ -50,18 +36,11 @@ class NameDataset(Dataset):
         self.stoi = pretraining_dataset.stoi
         self.block_size = pretraining_dataset.block_size
         self.data = []  # (question, answer) pairs
-        for n, line in lines_of(data):
-            parts = line.split("\t")
-            if len(parts) != 2:
-                what = "no tab" if len(parts) == 1 else f"{len(parts) - 1} tabs"
-                raise ValueError(f"line {n}: expected 'question<TAB>answer', found {what}: {line[:60]!r}")
-            question, answer = parts
-            if not question.strip() or not answer.strip():
-                raise ValueError(f"line {n}: empty {'question' if not question.strip() else 'answer'}: {line[:60]!r}")
-            encode(self.stoi, line.replace("\t", ""), f"line {n}")
+        for n, question, answer in question_rows(data, answers=True):
+            encode(self.stoi, question + answer, n)
             if len(question) + len(answer) + 2 > self.block_size:
-                raise ValueError(f"line {n}: question and answer are {len(question) + len(answer)} characters, "
-                                 f"more than block_size - 2 = {self.block_size - 2}")
+                raise InputError(f"question and answer are {len(question) + len(answer)} characters, more "
+                                 f"than block_size - 2 = {self.block_size - 2}", n)
             self.data.append((question, answer))
 
     def __len__(self):
@@ -101,7 +80,7 @@ class CharCorruptionDataset(Dataset):
         for special, name in ((PAD_CHAR, "PAD"), (MASK_CHAR, "MASK")):
             if special in chars:
                 n = data[:data.index(special)].count("\n") + 1
-                raise ValueError(f"line {n}: the corpus contains the reserved {name} character {special!r}")
+                raise InputError(f"the corpus contains the reserved {name} character {special!r}", n)
         chars.insert(0, MASK_CHAR)
         chars.insert(0, PAD_CHAR)
 
@@ -111,7 +90,6 @@ class CharCorruptionDataset(Dataset):
         self.block_size = block_size
         self.vocab_size = len(chars)
         self.data = data.split("\n")
-        self._documents = {}  # device -> (ids, lengths) of the documents, for corrupt_batch
 
     def __len__(self):
         return len(self.data)
@@ -137,68 +115,6 @@ class CharCorruptionDataset(Dataset):
         x = torch.tensor([self.stoi[c] for c in masked_string[:-1]], dtype=torch.long)
         y = torch.tensor([self.stoi[c] for c in masked_string[1:]], dtype=torch.long)
         return x, y
-
-    # The same rows for a whole batch at once, made with torch on the batch's device: a GPU's
-    # pretraining step takes ~10 ms, and 128 calls of __getitem__ ~4 ms of a CPU core.
-    # No loop over rows and no host synchronisation once the documents are on the device.
-
-    def corrupt_batch(self, idx):
-        """x, y of the rows idx (a LongTensor on any device), each drawn from the same distribution
-        as self[i], made on idx's device with torch's random generator of that device."""
-        return self.assemble_batch(idx, *self.draw_corruption(idx))
-
-    def draw_corruption(self, idx):
-        """__getitem__'s random quantities for the rows idx: n = len(truncated), masked_len, start."""
-        _, doc_len = self._documents_on(idx.device)
-        max_len = self._max_len()
-        # float64: floor(u * count) must stay below count and give each integer the same chance;
-        # a float32 u has only 24 bits and is one rounding away from count (in float32,
-        # (1 - 2**-24) * 113 + 16 rounds up to 129.0), a float64 u has 53
-        u = torch.rand(3, len(idx), dtype=torch.float64, device=idx.device)
-
-        def randint(u, low, high):  # random.randint(low, high), high may differ per row
-            return (u * (high - low + 1)).floor().long() + low
-
-        n = torch.minimum(randint(u[0], min(4, max_len), max_len), doc_len[idx])
-        # torch.round rounds half to even, as Python's round does (n / 2 is exact)
-        masked_len = randint(u[1], 1, (torch.round(n / 2) - 1).long().clamp(min=1))
-        masked_len = torch.where(n > 0, masked_len, 0)  # an empty document masks nothing
-        start = randint(u[2], 0, n - masked_len)
-        return n, masked_len, start
-
-    def assemble_batch(self, idx, n, masked_len, start):
-        """x, y of the rows idx, given __getitem__'s n = len(truncated), masked_len and start
-        (LongTensors, one value a row): no randomness here."""
-        doc_ids, _ = self._documents_on(idx.device)
-        # masked_string = prefix MASK suffix MASK masked_content PAD...: for each position j,
-        # which character of the document it shows (prefix, suffix or content), or MASK or PAD
-        j = torch.arange(self.block_size + 1, device=idx.device)
-        n, masked_len, start = n[:, None], masked_len[:, None], start[:, None]
-        second_mask = n - masked_len + 1
-        src = torch.where(j < start, j,                                        # prefix
-                          torch.where(j < second_mask, j - 1 + masked_len,     # suffix
-                                      j - second_mask - 1 + start))            # masked content
-        chars = doc_ids[idx[:, None], src.clamp(0, doc_ids.shape[1] - 1)]  # off-document j: MASK or PAD
-        is_mask = (j == start) | (j == second_mask)
-        string = torch.where(is_mask, self.stoi[MASK_CHAR],
-                             torch.where(j > n + 1, self.stoi[PAD_CHAR], chars))
-        return string[:, :-1].contiguous(), string[:, 1:].contiguous()
-
-    def _max_len(self):
-        return min(int(self.block_size * 7 / 8), self.block_size - 1)  # as in __getitem__
-
-    def _documents_on(self, device):
-        """(ids, lengths) of the documents, padded with PAD, on device; built once per device.
-        A row never shows more than the first max_len characters of its document, so only
-        those are kept (at least one column, so that tiny blocks can still index it)."""
-        if device not in self._documents:
-            width = max(self._max_len(), 1)
-            docs = [document[:width] for document in self.data]
-            ids = torch.tensor([[self.stoi[c] for c in d] + [self.stoi[PAD_CHAR]] * (width - len(d))
-                                for d in docs], dtype=torch.long)
-            lengths = torch.tensor([len(d) for d in docs], dtype=torch.long)
-            self._documents[device] = ids.to(device), lengths.to(device)
-        return self._documents[device]
 
 
 if __name__ == "__main__":

@@ -59,9 +59,8 @@ def native_dtype(dtype, device):
         # capability 7.x), whose bf16 matmuls are emulated and lose SDPA's fused kernels
         return dtype == "float16" or torch.cuda.is_bf16_supported(including_emulation=False)
     if device == "cpu":
-        # without AVX512-BF16/FP16 or AMX, oneDNN emulates them: a bf16 matmul ran ~40x slower than
-        # float32 on an AVX2-only EPYC (0.7 against 32 GFLOP/s, one thread each). ATEN_CPU_CAPABILITY=avx2
-        # (torch's switch to its AVX2 kernels) also means no bf16 here, so such a CPU can be imitated
+        # without AVX512-BF16/FP16 or AMX, oneDNN emulates them, many times slower than float32
+        # (results/README.md, "Speed notes"); ATEN_CPU_CAPABILITY=avx2 imitates such a CPU
         if torch.backends.cpu.get_cpu_capability() == "AVX2":
             return False
         if dtype == "bfloat16":
@@ -78,11 +77,8 @@ def pick_dtype(requested, device="cpu", plain=False):
     if plain:
         return "float32"
     if requested == "auto":
-        # bf16: under the course's decay rule the attention logits stay in the hundreds, its gradient's
-        # cosine to the exact one was 0.92-0.99 at epochs 40-60 of the handout's pretraining, and 10
-        # epochs continued in bf16 tracked float32's loss within 0.005 (results/README.md). Not fp16 on
-        # GPUs without bf16 (Colab's T4): on the plateau's params (epoch 20) its gradient's cosine was
-        # 0.40 against bf16's 0.58, and no fp16 run was measured against the course's curve
+        # bf16 tracks float32's loss curve under the course's decay rule; fp16 was measured less
+        # accurate on the plateau's params, so not even GPUs without bf16 get it (results/README.md)
         native = device.split(":")[0] in ("cpu", "cuda") and native_dtype("bfloat16", device)
         return "bfloat16" if native else "float32"
     if not native_dtype(requested, device):
@@ -90,3 +86,30 @@ def pick_dtype(requested, device="cpu", plain=False):
               f"slower than float32): training in float32", file=sys.stderr)
         return "float32"
     return requested
+
+
+def sub_batches_for(rows, dtype="float32", device="cpu"):
+    """
+    How many sub-batches (sub_batches.py) to cut a batch of `rows` rows into: on CPU
+    about 16 rows each in float32 and 32 in bf16, 2 to 8 of them (measured fastest:
+    results/README.md, "Speed notes"). A GPU takes the whole batch: its step is bound
+    by kernel launches, and cutting needs the row lengths on the host.
+    """
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(2, min(8, rows // (16 if dtype == "float32" else 32)))
+
+
+def speed_settings(device, dtype, rows, plain=False, compile=False):
+    """
+    TrainerConfig's speed fields for a device and precision (rows: a process's batch).
+    plain: the course's computation (whole batches, torch's default AdamW, a DataLoader).
+    """
+    return dict(
+        dtype=dtype, compile=compile,
+        fused_adamw=not plain,
+        sub_batches=1 if plain or compile else sub_batches_for(rows, dtype, device),
+        # a GPU makes its pretraining batches itself and reads the loss back every 25 steps,
+        # so that the host queues work ahead of the device instead of waiting for it
+        device_batches=device.startswith("cuda") and not plain,
+        log_every=1 if device == "cpu" else 25)

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from attention import CausalCrossAttention, CausalSelfAttention, dropout
+from attention import CausalCrossAttention, CausalSelfAttention
+from fast_dropout import dropout
 
 
 class GPTConfig:
@@ -22,7 +23,7 @@ class GPTConfig:
     attn_pdrop = 0.1
     perceiver = False
     bottleneck_dim = None
-    fast = True  # False: the course's explicit attention and nn.Dropout, for comparison
+    plain = False  # True: the course's computation (explicit attention, nn.Dropout), for comparison
 
     def __init__(self, vocab_size, block_size, **kwargs):
         self.vocab_size = vocab_size
@@ -50,8 +51,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.mlp = _mlp(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln1(x), kv_cache)
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
         x = x + self.mlp(self.ln2(x))
         return x
 
@@ -161,19 +162,3 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=0)
 
         return logits, loss
-
-    def forward_cached(self, idx, kv_cache):
-        """
-        Logits of the last position of idx, given that the first kv_cache.length
-        positions of the sequence were already fed through this cache (vanilla only;
-        rows left-padded as kv_cache.pad says).
-        Used by batched greedy decoding; gives the same logits as forward().
-        """
-        assert not self.perceiver, "the Perceiver's bottleneck has no per-position cache"
-        t0, t = kv_cache.length, idx.size(1)
-        pos = self.pos_emb[:, t0:t0 + t, :] if kv_cache.pad is None else self.pos_emb[0, kv_cache.positions(t)]
-        x = self.drop(self.tok_emb(idx) + pos)
-        for block in self.blocks:
-            x = block(x, kv_cache)
-        kv_cache.length += t
-        return self.head(self.ln_f(x[:, -1, :]))

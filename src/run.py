@@ -13,13 +13,25 @@ import time
 import torch
 import torch.distributed as dist
 
+import checkpoint
 import dataset
+import decoding
 import hardware
+import inputs
 import model
 import trainer
 import utils
 
 BLOCK_SIZE = 128
+
+# The handout's hyperparameters, by phase (the flags beyond the course's can change them). Every
+# phase decays the lr: linear warm-up over 512 x 20 tokens, then a cosine that reaches its 10% floor
+# after 200 epochs of the pretraining corpus and, not clamped, rises again (trainer.lr_multiplier).
+HANDOUT = {
+    "pretrain": dict(max_epochs=650, batch_size=128, lr="pretrain_lr"),
+    "finetune from scratch": dict(max_epochs=75, batch_size=256, lr="finetune_lr"),
+    "finetune from pretrained": dict(max_epochs=10, batch_size=256, lr="finetune_lr"),
+}
 
 
 def parse_args(argv=None):
@@ -71,8 +83,9 @@ def parse_args(argv=None):
                            "minute of compiling first). Off by default: slower on CPU, timed on a GPU by "
                            "bench/gpu_check.sh")
     argp.add_argument("--plain", action="store_true",
-                      help="the course's computation for debugging and comparison: explicit attention, fp32, "
-                           "full-length rows, one prompt at a time when evaluating")
+                      help="the course's computation for debugging and comparison: explicit attention, "
+                           "nn.Dropout, float32, whole batches of full-length rows, torch's default AdamW, one "
+                           "prompt at a time when evaluating")
     return argp.parse_args(argv)
 
 
@@ -95,13 +108,13 @@ def check_args(args):
         path = getattr(args, name)
         if path is not None and not os.path.isfile(path):
             fail(f"{path}: no such file (--{name.replace('_path', '')}{'_path' if name != 'pretrain_corpus_path' else ''})")
-    inputs = [name for name in ("pretrain_corpus_path", "finetune_corpus_path", "eval_corpus_path",
-                                "reading_params_path") if getattr(args, name) is not None]
+    sources = [name for name in ("pretrain_corpus_path", "finetune_corpus_path", "eval_corpus_path",
+                                 "reading_params_path") if getattr(args, name) is not None]
     outputs = ["outputs_path"] if args.function == "evaluate" else ["writing_params_path"]
     for name in outputs:
         path = getattr(args, name)
         for written in (path, path + ".ckpt") if name == "writing_params_path" else (path,):
-            for source in inputs:
+            for source in sources:
                 if same_file(written, getattr(args, source)):
                     fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")
         check_writable(path, name)
@@ -145,12 +158,17 @@ def check_writable(path, name):
 
 def read_text(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError as e:
-        fail(f"{path}: not UTF-8 text (byte {e.start})")
-    except OSError as e:
-        fail(f"{path}: cannot read: {e.strerror}")
+        return inputs.read_text(path)
+    except inputs.InputError as e:
+        fail(str(e))
+
+
+def parsed(path, make):
+    """make(), whose bad input (an InputError) becomes one line naming the file path."""
+    try:
+        return make()
+    except inputs.InputError as e:
+        fail(str(e.at(path)))
 
 
 def build_model(args, vocab_size):
@@ -159,7 +177,7 @@ def build_model(args, vocab_size):
     else:
         mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256,
                                 bottleneck_dim=args.bottleneck_dim, perceiver=True)
-    mconf.fast = not args.plain
+    mconf.plain = args.plain
     return model.GPT(mconf)
 
 
@@ -192,41 +210,40 @@ def save_params(gpt, path):
     utils.save_atomic(gpt.state_dict(), path)
 
 
-def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epochs, batch_size, learning_rate):
+def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
+    """The handout's TrainerConfig for this phase, with the user's flags, this device's speed settings,
+    and the arguments that a resumed run must share with the one that wrote the checkpoint."""
     rank, world_size = dist_env
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter  # imported here: evaluate does not need it
-        writer = SummaryWriter(log_dir="expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (
-            args.function, args.tb_expt_name, args.variant, int(args.bottleneck_dim),
-            args.pretrain_lr, args.finetune_lr))
-    batch_size = args.batch_size or batch_size
-    warmup_tokens = 512 * 20 if args.warmup_epochs is None else args.warmup_epochs * len(train_dataset) * BLOCK_SIZE
+    handout = HANDOUT[phase]
+    batch_size = args.batch_size or handout["batch_size"]
     if batch_size % world_size:
         fail(f"the batch of {batch_size} rows does not split evenly over {world_size} processes")
-    ckpt_path = args.writing_params_path + ".ckpt"
     dtype = hardware.pick_dtype(args.dtype, device, args.plain)
     tconf = trainer.TrainerConfig(
-        max_epochs=args.max_epochs if args.max_epochs is not None else max_epochs,
-        batch_size=batch_size, learning_rate=learning_rate, lr_decay=True,
-        warmup_tokens=warmup_tokens,
-        final_tokens=args.final_epochs * len(pretrain_dataset) * BLOCK_SIZE,
-        num_workers=args.num_workers, writer=writer, device=device, seed=args.seed, shuffle=args.shuffle,
-        dtype=dtype,
-        sub_batches=1 if args.plain or args.compile else trainer.sub_batches_for(batch_size // world_size, dtype, device),
-        compile=args.compile,
-        # on a GPU: batches made there, and the loss read back every 25 steps, so that the
-        # host queues work ahead of the device instead of waiting for it every step
-        device_batches=device.startswith("cuda") and not args.plain,
-        log_every=1 if device == "cpu" else 25,
-        ckpt_path=ckpt_path, save_every=args.save_every, rank=rank, world_size=world_size)
-    # what a resumed run must share with the run that wrote the checkpoint
+        max_epochs=handout["max_epochs"] if args.max_epochs is None else args.max_epochs, batch_size=batch_size,
+        learning_rate=getattr(args, handout["lr"]), lr_decay=True,
+        warmup_tokens=512 * 20 if args.warmup_epochs is None else args.warmup_epochs * train_rows * BLOCK_SIZE,
+        final_tokens=args.final_epochs * pretrain_rows * BLOCK_SIZE,
+        ckpt_path=args.writing_params_path + ".ckpt", save_every=args.save_every,
+        shuffle=args.shuffle, seed=args.seed, num_workers=args.num_workers, device=device,
+        rank=rank, world_size=world_size,
+        **hardware.speed_settings(device, dtype, batch_size // world_size, args.plain, args.compile))
     tconf.run_args = {
         "function": args.function, "variant": args.variant, "--batch_size": batch_size,
         "--bottleneck_dim": args.bottleneck_dim if args.variant == "perceiver" else None,
-        "learning rate": learning_rate, "--max_epochs": tconf.max_epochs, "--warmup_epochs": args.warmup_epochs,
+        "learning rate": tconf.learning_rate, "--max_epochs": tconf.max_epochs, "--warmup_epochs": args.warmup_epochs,
         "--final_epochs": args.final_epochs, "--seed": args.seed, "--shuffle": args.shuffle,
-        "processes": world_size, "training rows": len(train_dataset), "corpus sha256": args.corpus_sha256}
+        "processes": world_size, "training rows": train_rows, "corpus sha256": args.corpus_sha256}
+    return tconf
+
+
+def train(args, gpt, train_dataset, tconf):
+    rank, world_size, ckpt_path = tconf.rank, tconf.world_size, tconf.ckpt_path
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter  # imported here: evaluate does not need it
+        tconf.writer = SummaryWriter(log_dir="expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (
+            args.function, args.tb_expt_name, args.variant, int(args.bottleneck_dim),
+            args.pretrain_lr, args.finetune_lr))
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
     if os.path.exists(ckpt_path):
         if not args.resume:
@@ -234,17 +251,16 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
                  f"or delete it to start over")
         try:
             t.load_checkpoint(ckpt_path)
-        except trainer.CheckpointError as e:
+        except checkpoint.CheckpointError as e:
             fail(f"{ckpt_path}: cannot resume: {e}")
         if rank == 0:
             print(f"resuming from {ckpt_path}: epoch {t.epoch + 1}, step {t.step}")
     elif args.resume and rank == 0:
         print(f"no checkpoint at {ckpt_path}: starting from the beginning")
     if rank == 0:
-        steps = t.progress_bar_total()
-        print(f"{args.function} {args.variant} on {hardware.describe(device)}"
-              f"{f' x {world_size} processes' if world_size > 1 else ''}, {dtype}: {len(train_dataset):,} rows, "
-              f"{batch_size} a step, {tconf.max_epochs} epochs = {steps:,} steps", flush=True)
+        print(f"{args.function} {args.variant} on {hardware.describe(tconf.device)}"
+              f"{f' x {world_size} processes' if world_size > 1 else ''}, {tconf.dtype}: {len(train_dataset):,} "
+              f"rows, {tconf.batch_size} a step, {tconf.max_epochs} epochs = {t.total_steps():,} steps", flush=True)
     try:
         t.train()
         if rank == 0:
@@ -258,24 +274,17 @@ def train(args, gpt, train_dataset, pretrain_dataset, device, dist_env, max_epoc
     except OSError as e:  # a full disk or a vanished folder: the last checkpoint, if any, is intact
         fail(f"{e.filename or args.writing_params_path}: cannot write: {e.strerror}")
     finally:
-        if writer is not None:
-            writer.close()
+        if tconf.writer is not None:
+            tconf.writer.close()
 
 
 def evaluate(args, gpt, pretrain_dataset, device):
-    try:
-        rows = utils.read_questions(args.eval_corpus_path)
-    except (ValueError, UnicodeDecodeError) as e:
-        fail(f"{args.eval_corpus_path}: {e}" if isinstance(e, UnicodeDecodeError) else str(e))
+    rows = parsed(args.eval_corpus_path, lambda: inputs.read_questions(args.eval_corpus_path))
     if not rows:
         fail(f"{args.eval_corpus_path}: no questions")
     mask_id = pretrain_dataset.stoi[pretrain_dataset.MASK_CHAR]
-    prompts = []
-    for n, question, _ in rows:
-        try:
-            prompts.append(dataset.encode(pretrain_dataset.stoi, question, f"{args.eval_corpus_path}:{n}") + [mask_id])
-        except ValueError as e:
-            fail(str(e))
+    prompts = [parsed(args.eval_corpus_path, lambda: inputs.encode(pretrain_dataset.stoi, question, n)) + [mask_id]
+               for n, question, _ in rows]
     gpt.eval()
     print(f"evaluate {args.variant} on {hardware.describe(device)}, float32: {len(prompts)} questions", flush=True)
     start = time.time()
@@ -288,7 +297,7 @@ def evaluate(args, gpt, pretrain_dataset, device):
             completion = "".join([pretrain_dataset.itos[int(i)] for i in pred])
             predictions.append(completion.split(pretrain_dataset.MASK_CHAR)[1])
     else:
-        predictions = utils.predict_places(gpt, prompts, pretrain_dataset.itos, mask_id)
+        predictions = decoding.predict_places(gpt, prompts, pretrain_dataset.itos, mask_id)
     print(f"decoded {len(prompts)} questions in {time.time() - start:.1f}s")
     # the course wrote one line per prediction; a newline inside one would shift the rest
     try:
@@ -315,34 +324,30 @@ def main(argv=None):
 
     # The pretraining corpus always defines the vocabulary, whatever the function.
     text = read_text(args.pretrain_corpus_path)
-    digest = hashlib.sha256(text.encode())
-    try:
-        pretrain_dataset = dataset.CharCorruptionDataset(text, BLOCK_SIZE)
-    except ValueError as e:
-        fail(f"{args.pretrain_corpus_path}:{str(e)[len('line '):]}")
     if not text.strip():
         fail(f"{args.pretrain_corpus_path}: empty corpus")
+    pretrain_dataset = parsed(args.pretrain_corpus_path, lambda: dataset.CharCorruptionDataset(text, BLOCK_SIZE))
     gpt = build_model(args, pretrain_dataset.vocab_size).to(device)
+    digest = hashlib.sha256(text.encode())  # of the training text: a resumed run must train on the same
 
     if args.function == "pretrain":
         args.corpus_sha256 = digest.hexdigest()[:16]
-        train(args, gpt, pretrain_dataset, pretrain_dataset, device, dist_env,
-              max_epochs=650, batch_size=128, learning_rate=args.pretrain_lr)
+        tconf = trainer_config(args, "pretrain", len(pretrain_dataset), len(pretrain_dataset), device, dist_env)
+        train(args, gpt, pretrain_dataset, tconf)
     elif args.function == "finetune":
         finetune_text = read_text(args.finetune_corpus_path)
-        digest.update(finetune_text.encode())
-        args.corpus_sha256 = digest.hexdigest()[:16]
-        try:
-            finetune_dataset = dataset.NameDataset(pretrain_dataset, finetune_text)
-        except ValueError as e:
-            fail(f"{args.finetune_corpus_path}:{str(e)[len('line '):]}")
+        finetune_dataset = parsed(args.finetune_corpus_path,
+                                  lambda: dataset.NameDataset(pretrain_dataset, finetune_text))
         if len(finetune_dataset) == 0:
             fail(f"{args.finetune_corpus_path}: no question<TAB>answer lines")
+        digest.update(finetune_text.encode())
+        args.corpus_sha256 = digest.hexdigest()[:16]
+        phase = "finetune from scratch"
         if args.reading_params_path is not None:
             load_params(gpt, args.reading_params_path, args, device)
-        train(args, gpt, finetune_dataset, pretrain_dataset, device, dist_env,
-              max_epochs=75 if args.reading_params_path is None else 10,
-              batch_size=256, learning_rate=args.finetune_lr)
+            phase = "finetune from pretrained"
+        tconf = trainer_config(args, phase, len(finetune_dataset), len(pretrain_dataset), device, dist_env)
+        train(args, gpt, finetune_dataset, tconf)
     else:
         load_params(gpt, args.reading_params_path, args, device)
         evaluate(args, gpt, pretrain_dataset, device)

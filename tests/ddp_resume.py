@@ -23,9 +23,9 @@ class StopOnRank1(trainer.Trainer):
     """Rank 1 alone receives a stop signal after step stop_at, as a signal may reach one rank first."""
     stop_at = None
 
-    def forward_backward(self, x, y):
-        loss = super().forward_backward(x, y)
-        if self.config.rank == 1 and self.step + 1 == self.stop_at:
+    def train_step(self, x, y):
+        loss = super().train_step(x, y)
+        if self.config.rank == 1 and self.step == self.stop_at:
             self.stop_signal = signal.SIGINT
         return loss
 

@@ -8,9 +8,9 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import dataset
+import decoding
 import model
 import run
-import utils
 from conftest import ROOT, small_config
 
 
@@ -112,7 +112,7 @@ def test_answer_probability_is_the_product_along_the_greedy_decode():
     mask_id, itos = 1, {i: chr(64 + i) for i in range(40)}
     stoi = {c: i for i, c in itos.items()}
     prompts = [[5, 6, 7, mask_id], [8, 9, 10, 11, 12, 13, mask_id]]  # two lengths: padding must change nothing
-    preds = utils.predict_places(gpt, prompts, itos, mask_id, steps=ws.STEPS)
+    preds = decoding.predict_places(gpt, prompts, itos, mask_id, steps=ws.STEPS)
     got = ws.answer_probabilities(gpt, prompts, preds, stoi, mask_id)
     for prompt, pred, p in zip(prompts, preds, got):
         x, expected = torch.tensor([prompt]), 1.0

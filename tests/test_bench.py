@@ -1,4 +1,5 @@
 """The analysis scripts under bench/ run on the bundled corpus."""
+import math
 import os
 import re
 import subprocess
@@ -8,6 +9,7 @@ import time
 import pytest
 import torch
 
+import checkpoint
 import dataset
 import model
 from conftest import ROOT
@@ -53,7 +55,7 @@ def test_snapshot_curve_finetunes_and_evaluates_each_checkpoint(tmp_path):
     torch.manual_seed(0)
     gpt = model.GPT(model.GPTConfig(ds.vocab_size, 128, n_layer=4, n_head=8, n_embd=256))
     # the keys the trainer writes that the script reads (see Trainer.save_checkpoint)
-    torch.save({"model": gpt.state_dict(), "epoch": 7, "step": 28}, tmp_path / "ep7.ckpt")
+    torch.save({"format": checkpoint.FORMAT, "model": gpt.state_dict(), "epoch": 7, "step": 28}, tmp_path / "ep7.ckpt")
     script = os.path.join(ROOT, "bench", "snapshot_curve.py")
     out = subprocess.run([sys.executable, script, DATA, str(tmp_path / "out"), str(tmp_path / "ep7.ckpt")],
                          capture_output=True, text=True)
@@ -149,7 +151,7 @@ def test_bench_speed_prints_the_side_by_side_table():
         "| finetuning step, vanilla (2 rows)", "| finetuning step, perceiver m=64",
         "| greedy decoding of 3 dev questions, vanilla (untrained model, all 32 characters)",
         "| greedy decoding of 3 dev questions, perceiver (untrained model, all 32 characters)"]
-    for row in rows:  # every ratio is the course way's time over the default's
+    for row in rows:  # every ratio is --plain's time over the default's
         cells = row.split(" | ")
         seconds = lambda c: float(c.split()[0]) / (1e3 if c.endswith("ms") else 1)
         assert float(cells[3].rstrip("x")) == pytest.approx(seconds(cells[1]) / seconds(cells[2]), rel=0.1, abs=0.1)
@@ -174,3 +176,70 @@ def test_reference_curve_averages_each_epoch_beside_the_reference(tmp_path):
         "phase,epoch,mean_loss,lr_after_epoch", "pretrain,1,1.0000,3.00e-01", "pretrain,2,4.0000,6.00e-01"]
     assert "| 2 | 4.000 | 2.500 |" in out.stdout
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_bench_speed_times_the_compiled_step_beside_eager(monkeypatch, capsys, tmp_path):
+    """
+    --compile's columns and lines, in process with torch.compile as the identity (a real compile of
+    the handout model takes a minute on CPU; tests/test_trainer.py compiles a small one), and --cli's
+    whole commands stubbed: what they would report is made up, the table and the lines are checked.
+    """
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_speed
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
+    made_up = {"plain": (8.0, 1.0, [3.0, 2.9], 1.2), "default": (4.0, 2.0, [3.0, 2.8], 2.5),
+               "compiled": (6.0, 1.5, [3.01, 2.79], 5.0)}
+    calls = []
+
+    def cli(args, cwd, steps_per_epoch=None):
+        calls.append(args)
+        if args[0] == "evaluate":
+            with open(args[args.index("--eval_corpus_path") + 1], encoding="utf-8") as f:
+                calls[-1] = args + [f"{len(f.read().splitlines())} questions"]
+            return (5.0 if "--plain" in args else 1.0), None, [], None
+        assert steps_per_epoch == math.ceil(lines("wiki.txt") / 128)
+        return made_up[args[args.index("--tb_expt_name") + 1]]
+    monkeypatch.setattr(bench_speed, "cli", cli)
+    bench_speed.main(["--data_dir", DATA, "--reps", "1", "--rows", "2", "--questions", "2", "--compile", "--cli",
+                      "--cli_epochs", "2"])
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in out.splitlines() if r.startswith("| ")]
+    head, cells = rows[0], {r[0]: r for r in rows[2:]}
+    assert head[6:] == [f"default compiled, {head[4].split()[-1]}", "speed-up", "against eager"]
+    for what in ("pretraining step, vanilla (2 rows)", "pretraining step, perceiver m=64"):
+        assert len(cells[what]) == 9 and cells[what][6].split()[1] in ("s", "ms") and cells[what][8].endswith("x")
+    assert cells["finetuning step, vanilla (2 rows)"][6:] == ["", "", ""]
+    vanilla = cells["`run.py pretrain vanilla --max_epochs 2` (whole command; speed-up in steps/s)"]
+    assert vanilla[1] == "8.00 s (1.00 steps/s; 1.20 after epoch 1)"
+    assert vanilla[6:] == ["6.00 s (1.50 steps/s; 5.00 after epoch 1)", "1.5x", "0.75x"]
+    assert cells["`run.py pretrain perceiver --max_epochs 2` (whole command; speed-up in steps/s)"][6:] == ["", "", ""]
+    assert "| 2 | 2.900 | 2.800 | 2.790 |" in out  # the per-epoch loss of each way
+    short = out.split("\nIn short")[1]
+    assert "\n- compiled pretraining step, vanilla: " in short and "\n- compiled pretraining step, perceiver" in short
+    same = re.search(r"\n- compiled step, vanilla, 3 steps on one batch without dropout: losses [\d. ]+ against "
+                     r"eager [\d. ]+, largest relative difference (\S+): the same within \w+ rounding\n", short)
+    assert same and float(same.group(1)) < 1e-5, short  # eager takes sub-batches on CPU: float rounding
+    assert "\n- compiled `run.py pretrain vanilla --max_epochs 2`: steps/s after epoch 1 5.00 against eager 2.50 " \
+           "(2.00x); whole command 6.00 s against 4.00 s\n" in short
+    assert "compiled against eager: largest difference 0.010 over 2 epochs (--plain against eager, another " \
+           "dropout stream too: 0.100)" in short
+    assert "\n- whole-command evaluate, vanilla: 5.0x" in short
+    assert re.search(r"\n- so --compile here: (faster, with the same losses|keep eager \(not faster everywhere\))", short)
+    # the compiled command is vanilla's only; --questions reaches the evaluate command too
+    assert [a[a.index("--tb_expt_name") + 1] for a in calls if "--compile" in a] == ["compiled"]
+    assert [a[-1] for a in calls if a[0] == "evaluate"] == ["2 questions", "2 questions"]
+
+
+def test_run_curve_reads_epochs_and_the_rate_after_the_first(tmp_path):
+    """bench_speed's whole commands: per-epoch loss and steps/s between ends of the bursts that a GPU logs in."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_speed
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(log_dir=str(tmp_path / "run"))
+    for step in range(12):  # bursts of 3 steps a second apart, the steps of a burst written together
+        writer.add_scalar("train/loss", float(step), step, walltime=100.0 + step // 3 + 0.001 * (step % 3))
+    writer.close()
+    epochs, rate = bench_speed.run_curve(str(tmp_path / "run"), 4)
+    assert epochs == [1.5, 5.5, 9.5]
+    assert rate == pytest.approx(3.0)  # steps 5 to 11 from 101.002 s to 103.002 s
+    assert bench_speed.run_curve(str(tmp_path / "none"), 4) == ([], None)

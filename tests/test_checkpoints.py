@@ -3,20 +3,18 @@ Checkpoints: loading one never runs code, a resume continues only the run that
 wrote it, and an interrupted run resumes to the same bytes, under torchrun too.
 """
 import os
-import pickle
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-import trainer
+import checkpoint
 from conftest import ROOT
-from test_robustness import RUN, TRAIN, WIKI, cli, one_clean_line
+from test_robustness import TRAIN, WIKI, cli, interrupted, one_clean_line
 
 
 class Payload:
@@ -107,8 +105,8 @@ def test_the_same_run_resumes_from_its_checkpoint(run_dir):
 
 
 def test_checkpoints_hold_only_tensors_and_plain_values(run_dir):
-    state = trainer.load_checkpoint_file(run_dir / "p.params.ckpt.epoch1")  # weights_only=True
-    assert state["format"] == trainer.CHECKPOINT_FORMAT and len(state["rng"]) == 1
+    state = checkpoint.load(run_dir / "p.params.ckpt.epoch1")  # weights_only=True
+    assert state["format"] == checkpoint.FORMAT and len(state["rng"]) == 1
     assert state["run"]["--batch_size"] == 32 and state["run"]["training rows"] == 62
 
 
@@ -117,16 +115,10 @@ def test_sighup_checkpoints_like_sigint(run_dir, tmp_path):
     for name in ("wiki.txt", "train.tsv"):
         (tmp_path / name).write_bytes((run_dir / name).read_bytes())
     args = ["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "h.params", "--max_epochs", "10"]
-    proc = subprocess.Popen([sys.executable, RUN] + args, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not os.path.exists(tmp_path / "h.params.ckpt") and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGHUP)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    returncode, out, err = interrupted(tmp_path, args, signal.SIGHUP)
+    assert returncode == 130, err[-2000:]
     assert "interrupted by SIGHUP" in err and "--resume" in err and "Traceback" not in err
-    assert trainer.load_checkpoint_file(tmp_path / "h.params.ckpt")["step"] < 10
+    assert checkpoint.load(tmp_path / "h.params.ckpt")["step"] < 10
 
 
 def test_two_processes_resume_to_the_same_bytes_when_one_rank_is_stopped():

@@ -1,8 +1,8 @@
-"""CharCorruptionDataset.corrupt_batch: span corruption of a whole batch with torch.
+"""device_batches.DeviceBatches: span corruption of a whole batch with torch.
 
-It is split in two steps, tested apart: draw_corruption (the random n, masked_len, start
-of each row) and assemble_batch (the rows, given those). assemble_batch must reproduce
-__getitem__ exactly from __getitem__'s own draws; draw_corruption must have the exact
+It is split in two steps, tested apart: draw (the random n, masked_len, start of
+each row) and assemble (the rows, given those). assemble must reproduce
+__getitem__ exactly from __getitem__'s own draws; draw must have the exact
 distribution of __getitem__'s nested random.randint draws.
 """
 
@@ -19,6 +19,7 @@ import torch
 
 import dataset
 from dataset import MASK_CHAR, PAD_CHAR, CharCorruptionDataset
+from device_batches import DeviceBatches
 
 from conftest import ROOT
 
@@ -58,7 +59,7 @@ def getitem_with_draws(ds, i, monkeypatch, choose=None):
 
 def assemble(ds, rows, draws):
     n, masked_len, start = (torch.tensor(v) for v in zip(*draws))
-    return ds.assemble_batch(torch.tensor(rows), n, masked_len, start)
+    return DeviceBatches(ds).assemble(torch.tensor(rows), n, masked_len, start)
 
 
 @pytest.mark.parametrize("corpus,block_size", [
@@ -88,7 +89,7 @@ def test_draws_reach_exactly_getitem_bounds(block_size, monkeypatch):
         u = torch.tensor([1 - 2.0 ** -53 if e else 0.0 for e in ends], dtype=torch.float64)
         with monkeypatch.context() as m:
             m.setattr(torch, "rand", lambda *shape, **kw: u[:, None].expand(shape).to(kw["device"]))
-            x, y = ds.corrupt_batch(torch.tensor(rows))
+            x, y = DeviceBatches(ds)(torch.tensor(rows))
         assert torch.equal(x, torch.stack(xs)) and torch.equal(y, torch.stack(ys)), ends
 
 
@@ -153,7 +154,7 @@ def test_draws_have_getitem_distribution(doc_len, block_size):
     doc = ("abcdefghijklmnopqrstuvwxyz" * 10)[:doc_len]
     ds = CharCorruptionDataset(doc, block_size)
     torch.manual_seed(doc_len * 1000 + block_size)
-    x, y = ds.corrupt_batch(torch.zeros(30000, dtype=torch.long))
+    x, y = DeviceBatches(ds)(torch.zeros(30000, dtype=torch.long))
     samples = list(zip(*(t.tolist() for t in draws_of_rows(x, y))))
     p = exact_distribution(doc_len, block_size)
     assert abs(sum(p.values()) - 1) < 1e-9
@@ -180,22 +181,23 @@ def test_chi_square_check_catches_an_off_by_one():
 def test_batch_is_fast_on_device_and_reproducible():
     ds = CharCorruptionDataset(bundled_text(), 128)
     idx = torch.randint(len(ds), (4096,))
-    ds.corrupt_batch(idx[:8])  # builds the documents' tensor once
+    batches = DeviceBatches(ds)
+    batches(idx[:8])  # builds the documents' tensor once
     t = time.perf_counter()
     for i in idx.tolist():
         ds[i]
     per_row = time.perf_counter() - t
-    batch = min(timed(ds.corrupt_batch, idx) for _ in range(3))
+    batch = min(timed(batches, idx) for _ in range(3))
     assert batch * 5 < per_row, (batch, per_row)
 
     torch.manual_seed(1)
     state = random.getstate()
-    x, y = ds.corrupt_batch(idx)
+    x, y = batches(idx)
     assert random.getstate() == state, "Python's random generator must not be used"
     assert x.device == y.device == idx.device and x.dtype == y.dtype == torch.long
     assert x.shape == y.shape == (4096, 128) and torch.equal(x[:, 1:], y[:, :-1])
     torch.manual_seed(1)
-    x2, y2 = ds.corrupt_batch(idx)
+    x2, y2 = DeviceBatches(ds)(idx)
     assert torch.equal(x, x2) and torch.equal(y, y2), "torch's seed must fix the batch"
 
 
@@ -209,10 +211,11 @@ def timed(f, *args):
 def test_cuda_batch_without_host_synchronisation():
     ds = CharCorruptionDataset(bundled_text(), 128)
     idx = torch.randint(len(ds), (512,), device="cuda")
-    ds.corrupt_batch(idx)  # builds the documents' tensor on the GPU
+    batches = DeviceBatches(ds)
+    batches(idx)  # builds the documents' tensor on the GPU
     torch.cuda.set_sync_debug_mode("error")
     try:
-        x, y = ds.corrupt_batch(idx)
+        x, y = batches(idx)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert x.device == y.device == idx.device and x.shape == (512, 128)
@@ -228,7 +231,7 @@ def test_course_data_rows_have_getitem_form(wiki_text):
     ds = CharCorruptionDataset(wiki_text, 128)
     torch.manual_seed(0)
     idx = torch.arange(len(ds)).repeat(2)
-    x, y = ds.corrupt_batch(idx)
+    x, y = DeviceBatches(ds)(idx)
     ratios = []
     for i, xi, yi in zip(idx.tolist(), x, y):
         s = decode(ds, torch.cat([xi[:1], yi]))

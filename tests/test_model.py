@@ -1,6 +1,3 @@
-import os
-import sys
-
 import pytest
 import torch
 
@@ -66,11 +63,11 @@ def test_architecture_details():
 
 
 @pytest.mark.parametrize("perceiver", [False, True])
-@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("plain", [False, True])
 @pytest.mark.parametrize("train", [False, True])
-def test_causal(perceiver, fast, train):
+def test_causal(perceiver, plain, train):
     torch.manual_seed(0)
-    config = small_config(perceiver, fast=fast, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    config = small_config(perceiver, plain=plain, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
     gpt = model.GPT(config).train(train)
     idx = torch.randint(0, 40, (3, 16))
     for t in (0, 5, 9, 15):
@@ -109,8 +106,8 @@ def test_fast_attention_matches_course_attention(perceiver):
     """scaled_dot_product_attention and the explicit score tensor: same loss and gradients."""
     torch.manual_seed(0)
     kw = dict(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
-    plain = model.GPT(full_config(perceiver, fast=False, **kw))
-    fast = model.GPT(full_config(perceiver, fast=True, **kw))
+    plain = model.GPT(full_config(perceiver, plain=True, **kw))
+    fast = model.GPT(full_config(perceiver, plain=False, **kw))
     fast.load_state_dict(plain.state_dict())
     idx = torch.randint(0, 256, (4, 128))
     targets = torch.randint(0, 256, (4, 128))
@@ -126,7 +123,7 @@ def test_fast_attention_matches_course_attention(perceiver):
 
 def test_cheap_dropout_drops_p_of_every_position():
     """The CPU mask cuts four 16-bit thresholds from each random word: each of the four lanes must drop p."""
-    from attention import Dropout
+    from fast_dropout import Dropout
     torch.manual_seed(0)
     drop = Dropout(0.1).train()
     y = drop(torch.ones(250_000, 4))
@@ -239,9 +236,11 @@ def test_sdpa_is_causal_is_the_course_mask_corner(device, tq, tk):
     import attention
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, t, 16, device=device) for t in (tq, tk, tk))
-    mask = torch.tril(torch.ones(16, 16, device=device)).view(1, 1, 16, 16)
-    course = attention.attend(q, k, v, mask, torch.nn.Dropout(0.0), fast=False)
+    layers = {plain: attention.CausalSelfAttention(model.GPTConfig(40, 16, n_embd=48, n_head=3, attn_pdrop=0.0,
+                                                                   plain=plain)).to(device).eval()
+              for plain in (True, False)}
+    course = layers[True].attend(q, k, v)  # the course's computation with its mask[:Tq, :Tk]
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(sdpa, course, atol=1e-5)
-    fast = attention.attend(q, k, v, mask, torch.nn.Dropout(0.0), fast=True)  # on CUDA, SDPA itself
+    fast = layers[False].attend(q, k, v)  # on CUDA, SDPA itself
     assert torch.allclose(fast, course, atol=1e-5)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import dataset
+import inputs
 import model
 import trainer
 import utils
@@ -42,9 +43,9 @@ class StopAfter(trainer.Trainer):
     """A trainer that receives a stop signal after a given optimizer step, as SIGINT would deliver it."""
     stop_at = None
 
-    def forward_backward(self, x, y):
-        loss = super().forward_backward(x, y)
-        if self.step + 1 == self.stop_at:
+    def train_step(self, x, y):
+        loss = super().train_step(x, y)
+        if self.step == self.stop_at:
             self.stop_signal = signal.SIGINT
         return loss
 
@@ -140,17 +141,24 @@ def test_snapshots_every_n_epochs_resume_to_the_same_params(tmp_path):
         assert torch.equal(a, b)
 
 
+def interrupted(cwd, args, signum):
+    """Run run.py with args, send signum once its first checkpoint exists; (returncode, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, RUN] + args, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = os.path.join(cwd, args[args.index("--writing_params_path") + 1] + ".ckpt")
+    deadline = time.time() + 120
+    while not os.path.exists(ckpt) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
 def test_sigint_checkpoints_and_resume_completes(corpus):
     # one step an epoch (61 rows): 10 leave the signal time to arrive during training
     args = ["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "10"]
-    proc = subprocess.Popen([sys.executable, RUN] + args, cwd=corpus, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not os.path.exists(corpus / "p.params.ckpt") and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    returncode, out, err = interrupted(corpus, args, signal.SIGINT)
+    assert returncode == 130, err[-2000:]
     assert "Traceback" not in err and "--resume" in err
     assert not os.path.exists(corpus / "p.params"), "an interrupted run must not write the params"
     state = torch.load(corpus / "p.params.ckpt", weights_only=True)
@@ -384,7 +392,7 @@ def test_fuzz_readers_give_a_result_or_a_clean_error(tmp_path):
         path = tmp_path / f"f{i}.tsv"
         path.write_bytes(raw)
         try:
-            rows = utils.read_questions(str(path))
+            rows = inputs.read_questions(str(path))
             utils.evaluate_places(str(path), ["x"] * len(rows))
         except ValueError as e:  # UnicodeDecodeError is a ValueError too
             assert isinstance(e, UnicodeDecodeError) or str(e).startswith(str(path)), e

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import dataset
+import inputs
 import utils
 from conftest import ROOT
 
@@ -25,11 +26,11 @@ def test_synthetic_files_load_like_the_course_files():
     pre = dataset.CharCorruptionDataset(wiki, 128)
     with open(os.path.join(DATA, "birth_places_train.tsv"), encoding="utf-8") as f:
         train = dataset.NameDataset(pre, f.read())
-    dev = utils.read_questions(os.path.join(DATA, "birth_dev.tsv"))
-    test = utils.read_questions(os.path.join(DATA, "birth_test_inputs.tsv"))
+    dev = inputs.read_questions(os.path.join(DATA, "birth_dev.tsv"))
+    test = inputs.read_questions(os.path.join(DATA, "birth_test_inputs.tsv"))
     assert all(a is not None for _, _, a in dev) and all(a is None for _, _, a in test)
     for _, q, _ in dev + test:  # every prompt can be encoded
-        dataset.encode(pre.stoi, q)
+        inputs.encode(pre.stoi, q)
     names = lambda rows: {q for _, q, _ in rows}
     train_q = {q for q, _ in train.data}
     assert not names(dev) & train_q and not names(test) & (train_q | names(dev))

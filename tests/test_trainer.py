@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import dataset
+import hardware
 import model
 import trainer
 from conftest import ROOT, small_config
-from trainer import TrainerConfig, lr_multiplier, split_by_length
+from sub_batches import split_by_length, target_lengths
+from trainer import TrainerConfig, lr_multiplier
 
 
 def handout_config():
@@ -103,23 +105,29 @@ def test_split_keeps_every_real_target():
     assert all(xk.shape == yk.shape for xk, yk, _ in parts)
     # each part is cut at the first multiple of 16 past its rows' last real target
     for _, yk, _ in parts:
-        last = int(trainer.target_lengths(yk).max())
+        last = int(target_lengths(yk).max())
         assert yk.size(1) == min(48, -(-last // 16) * 16)
     assert min(yk.size(1) for _, yk, _ in parts) < 48  # some parts are trimmed
+
+
+def gradient_only(config):
+    """A step that leaves the params and the gradient as they are: lr 0, no clipping."""
+    config.learning_rate, config.grad_norm_clip = 0.0, float("inf")
+    return config
 
 
 def assert_same_loss_and_gradient(reference, other, x, y):
     """
     reference and other are (GPTConfig, sub_batches); both models start from the
-    same weights, and Trainer.forward_backward must give the same loss and gradient.
+    same weights, and Trainer.train_step must give the same loss and gradient.
     """
     results = []
     for cfg, sub_batches in (reference, other):
         gpt = model.GPT(cfg)
         if results:
             gpt.load_state_dict(results[0][2])
-        t = trainer.Trainer(gpt, None, None, TrainerConfig(sub_batches=sub_batches))
-        loss = float(t.forward_backward(x, y))
+        t = trainer.Trainer(gpt, None, None, gradient_only(TrainerConfig(sub_batches=sub_batches)))
+        loss = float(t.train_step(x, y)[0])
         results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()]), gpt.state_dict()))
     (l1, g1, _), (l2, g2, _) = results
     assert l2 == pytest.approx(l1, rel=1e-5)
@@ -158,8 +166,8 @@ def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
     kw = dict(n_layer=4, n_head=8, n_embd=256, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
     if perceiver:
         kw.update(perceiver=True, bottleneck_dim=64)
-    course = model.GPTConfig(pre.vocab_size, 128, fast=False, **kw)
-    fast = model.GPTConfig(pre.vocab_size, 128, fast=True, **kw)
+    course = model.GPTConfig(pre.vocab_size, 128, plain=True, **kw)
+    fast = model.GPTConfig(pre.vocab_size, 128, plain=False, **kw)
     assert_same_loss_and_gradient((course, 1), (fast, 8), x, y)
 
 
@@ -177,7 +185,7 @@ def test_fast_path_trains_to_the_course_paths_params(perceiver):
     trained = []
     for fast, sub_batches in ((False, 1), (True, 4)):
         torch.manual_seed(0)
-        cfg = small_config(perceiver, block_size=32, fast=fast, **kw)
+        cfg = small_config(perceiver, block_size=32, plain=not fast, **kw)
         cfg.vocab_size = pre.vocab_size
         gpt = model.GPT(cfg)
         start = torch.cat([p.detach().flatten() for p in gpt.parameters()])
@@ -205,11 +213,12 @@ def test_bf16_default_step_is_close_to_the_course_paths(perceiver):
     results = []
     for fast, dtype in ((False, "float32"), (True, "bfloat16")):
         torch.manual_seed(0)
-        cfg = small_config(perceiver, block_size=128, fast=fast, **kw)
+        cfg = small_config(perceiver, block_size=128, plain=not fast, **kw)
         cfg.vocab_size = pre.vocab_size
         gpt = model.GPT(cfg)
-        t = trainer.Trainer(gpt, None, None, TrainerConfig(dtype=dtype, sub_batches=trainer.sub_batches_for(32, dtype)))
-        loss = float(t.forward_backward(x, y))
+        t = trainer.Trainer(gpt, None, None, gradient_only(
+            TrainerConfig(dtype=dtype, sub_batches=hardware.sub_batches_for(32, dtype))))
+        loss = float(t.train_step(x, y)[0])
         results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()])))
     (l1, g1), (l2, g2) = results
     assert l2 == pytest.approx(l1, rel=1e-3)  # measured: 1e-6
@@ -218,12 +227,12 @@ def test_bf16_default_step_is_close_to_the_course_paths(perceiver):
 
 def test_a_gpu_takes_the_whole_batch():
     """Cutting sub-batches needs the row lengths on the host; a GPU's step is bound by launches, not arithmetic."""
-    assert [trainer.sub_batches_for(128, "bfloat16", d) for d in ("cpu", "cuda", "cuda:1")] == [4, 1, 1]
-    assert trainer.sub_batches_for(128, "float32") == 8
+    assert [hardware.sub_batches_for(128, "bfloat16", d) for d in ("cpu", "cuda", "cuda:1")] == [4, 1, 1]
+    assert hardware.sub_batches_for(128, "float32") == 8
 
 
 def test_device_batches_corrupt_whole_batches_in_file_order():
-    """The GPU default makes each pretraining batch with corrupt_batch (torch's generator), rows in file order."""
+    """The GPU default makes each pretraining batch with DeviceBatches (torch's generator), rows in file order."""
     docs = [f"document {i} " + "abcdefghij" * 3 for i in range(10)]
     ds = dataset.CharCorruptionDataset("\n".join(docs), 64)
     t = trainer.Trainer(model.GPT(small_config()), ds, None, TrainerConfig(batch_size=4, device_batches=True))
@@ -260,7 +269,7 @@ def test_compiled_step_computes_the_eager_step():
         losses = []
         for epoch in range(3):  # one shape: compiled once
             t.epoch, t.batches_done = epoch, 0
-            losses += [float(t.optimizer_step(x, y)) for x, y in t.epoch_batches()]
+            losses += [float(t.train_step(x, y)[0]) for x, y in t.epoch_batches()]
         t.raw_model.eval()
         return losses, t.raw_model.state_dict(), t.raw_model(torch.tensor([ds.stoi[c] for c in docs[:16]])[None])[0]
 

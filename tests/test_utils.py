@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import dataset
+import decoding
+import inputs
 import model
 import run
 import utils
@@ -35,12 +37,12 @@ def test_evaluate_places_without_answers(tmp_path, capsys):
 def test_read_questions_mixed_file(tmp_path):
     path = write(tmp_path, "mixed.tsv", "Where was A born?\tParis\nWhere was B born?\n")
     with pytest.raises(ValueError, match=r"mixed.tsv:2: line lacks a tab but line 1 has one"):
-        utils.read_questions(path)
+        inputs.read_questions(path)
 
 
 def test_london_on_the_course_dev_set(data_dir):
     path = os.path.join(data_dir, "birth_dev.tsv")
-    rows = utils.read_questions(path)
+    rows = inputs.read_questions(path)
     assert len(rows) == 500
     total, correct = utils.evaluate_places(path, ["London"] * len(rows))
     assert (total, correct) == (500.0, 25.0)
@@ -80,7 +82,7 @@ class Oracle(torch.nn.Module):
 
 def test_names_with_commas_and_non_ascii_letters_round_trip_through_evaluate(data_dir, tmp_path, capsys):
     path = os.path.join(data_dir, "birth_dev.tsv")
-    rows = utils.read_questions(path)
+    rows = inputs.read_questions(path)
     assert sum("," in q for _, q, _ in rows) == 8 and any(not q.isascii() for _, q, _ in rows)
     with open(os.path.join(data_dir, "wiki.txt"), encoding="utf-8") as f:
         pre = dataset.CharCorruptionDataset(f.read(), 128)
@@ -101,7 +103,7 @@ def test_batched_greedy_decoding_equals_one_prompt_at_a_time(perceiver, batch_si
     gpt = model.GPT(small_config(perceiver, block_size=64)).eval()
     prompts = [torch.randint(2, 40, (n,)).tolist() + [1] for n in (3, 7, 7, 12, 3, 20, 30, 7, 40)]
     itos = {i: chr(0x25A1) if i == 0 else chr(0x2047) if i == 1 else chr(60 + i) for i in range(40)}
-    fast = utils.predict_places(gpt, prompts, itos, mask_id=1, steps=32, batch_size=batch_size, bucket=bucket)
+    fast = decoding.predict_places(gpt, prompts, itos, mask_id=1, steps=32, batch_size=batch_size, bucket=bucket)
     slow = []
     for p in prompts:
         out = utils.sample(gpt, torch.tensor([p]), 32, sample=False)[0]
@@ -109,10 +111,13 @@ def test_batched_greedy_decoding_equals_one_prompt_at_a_time(perceiver, batch_si
     assert fast == slow
     # the cache path is what makes it fast: check it is taken for the vanilla model, and gives the same tokens
     calls = []
-    cached = gpt.forward_cached
-    gpt.forward_cached = lambda *a: calls.append(1) or cached(*a)
-    x = torch.tensor([prompts[0]])
-    assert torch.equal(utils.greedy_batch(gpt, x, 32), utils.sample(gpt, x, 32))
+    cached = decoding.forward_cached
+    decoding.forward_cached = lambda *a: calls.append(1) or cached(*a)
+    try:
+        x = torch.tensor([prompts[0]])
+        assert torch.equal(decoding.greedy_batch(gpt, x, 32), utils.sample(gpt, x, 32))
+    finally:
+        decoding.forward_cached = cached
     assert len(calls) == (0 if perceiver else 32)
 
 
@@ -138,14 +143,14 @@ def test_decoding_layouts_agree_on_the_course_dev_prompts(perceiver, wiki_text, 
     """
     import argparse
     pre = dataset.CharCorruptionDataset(wiki_text, 128)
-    rows = utils.read_questions(os.path.join(data_dir, "birth_dev.tsv"))[::20 if perceiver else 5]  # it recomputes
+    rows = inputs.read_questions(os.path.join(data_dir, "birth_dev.tsv"))[::20 if perceiver else 5]  # it recomputes
     mask_id = pre.stoi[pre.MASK_CHAR]
-    prompts = [dataset.encode(pre.stoi, q) + [mask_id] for _, q, _ in rows]
+    prompts = [inputs.encode(pre.stoi, q) + [mask_id] for _, q, _ in rows]
     torch.manual_seed(0)
     args = argparse.Namespace(variant="perceiver" if perceiver else "vanilla", bottleneck_dim=64, plain=False)
     gpt = run.build_model(args, pre.vocab_size).eval()
     # 12 characters: enough to compare the layouts, a third of the cost of the course's 32
-    exact = utils.predict_places(gpt, prompts, pre.itos, mask_id, steps=12, bucket=1)
+    exact = decoding.predict_places(gpt, prompts, pre.itos, mask_id, steps=12, bucket=1)
     assert len({len(p) for p in prompts}) > 8 and len(set(exact)) > 1
     for bucket in (16, 128):
-        assert utils.predict_places(gpt, prompts, pre.itos, mask_id, steps=12, bucket=bucket) == exact
+        assert decoding.predict_places(gpt, prompts, pre.itos, mask_id, steps=12, bucket=bucket) == exact

@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# Everything a lent GPU should measure for this project, as one prepared command that runs
+# unattended: a lent GPU is short (about 15 minutes a session, start-up included) and comes
+# by chance, so nothing is left to type once it is there.
+#
+#   bash bench/gpu_check.sh DATA REF [ROOT]              # results in ROOT/<card> (ROOT: results/gpu)
+#   bash bench/gpu_check.sh --wait DEST SECONDS [ROOT]   # wait for a detached run, pack its results into DEST
+#
+# DATA holds wiki.txt and the three TSVs; REF the reference loss curves (the ref_*.csv of
+# ../shared/reference); <card> is the GPU's name made safe for a file name
+# (NVIDIA_H100_80GB_HBM3), or cpu. Stages, each timed; a failing stage is recorded and the
+# others still run; the exit is non-zero if any failed:
+#   vanilla, perceiver  the handout's full pipeline on the default path (bench/pipeline.sh:
+#             pretrain 650 epochs, finetune, evaluate dev and test), both at once on the one
+#             GPU, started first and in the background since they take most of the time; then
+#             each one's per-epoch loss beside the reference curves (bench/reference_curve.py:
+#             loss_<variant>.csv/.md/.png) and its dev accuracy
+#   tests     the CUDA-only tests (pytest -k cuda: training steps and the span corruption under
+#             torch.cuda.set_sync_debug_mode("error"), SDPA against the course's mask corners
+#             in float32 and bf16, the decoding layouts on the GPU), beside the pipelines: not timings
+#   same_seed two `run.py pretrain vanilla --max_epochs 2 --seed 0` at once, beside the
+#             pipelines: the same params? If not, the same with --plain, to tell the default's
+#             attention kernels (flash attention's backward adds with atomics) from the rest
+#   bench     bench_speed.py --cli --cli_epochs 10 --compile (--plain against the default,
+#             the compiled step against eager) once the pipelines are done: on a GPU shared with
+#             them the speed-ups would measure the sharing as much as the code
+# In ROOT/<card>: summary.md (the table printed at the end), commands.txt, env.txt, log.txt,
+# <stage>.log, pipelines/<variant>/ (pipeline.sh's folder), loss_<variant>.*, same_seed.txt,
+# bench.md. Rerun with the same ROOT to continue: stages that ended ok are kept (delete
+# stages/NAME.status to redo one), and the pipelines resume from their checkpoints.
+#
+# Knobs (environment): DEVICE (cuda; cpu for a tiny check), STAGES (all five), PRETRAIN_EPOCHS
+# (650), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10
+# --compile"), PYTHON (.venv's if there, else python3), WHEELS (.whl: pytest's wheels, used if pytest
+# is missing).
+# A tiny run on CPU, as tests/test_gpu_check.py makes it:
+#   DEVICE=cpu PRETRAIN_EPOCHS=2 FINETUNE_EPOCHS=1 SEED_EPOCHS=1 BENCH_ARGS="--reps 1 --rows 2 --questions 2" \
+#     bash bench/gpu_check.sh data ../shared/reference /tmp/gpu
+#
+# On a lent GPU (results/README.md, "On a GPU", has the whole procedure). Here, once: the data
+# and the curves into a git-ignored folder that the device call carries (../shared does not
+# travel), and pytest's wheels in case the machine lacks pytest:
+#   mkdir -p .gpu_data && cp -r ../shared/data ../shared/reference .gpu_data/
+#   .venv/bin/python -m pip download --only-binary=:all: -d .whl pytest
+# Device call 1 (carry .gpu_data and .whl; timeout_s 600): the run detached (setsid), so that
+# it outlives the call, then wait for it up to 540 s, packing its results into $OUT every 30 s:
+#   mkdir -p /tmp/gpu && setsid nohup bash bench/gpu_check.sh .gpu_data/data .gpu_data/reference /tmp/gpu \
+#     > /tmp/gpu/launch.log 2>&1 < /dev/null & bash bench/gpu_check.sh --wait "$OUT" 540 /tmp/gpu
+# If it says "still running", device call 2 at once (the machine goes back 30 s after a call),
+# no carry, SECONDS = the device time left less a minute:
+#   bash bench/gpu_check.sh --wait "$OUT" SECONDS /tmp/gpu
+# The results stay outside the repo there (/tmp/gpu), where the next call's copy of the
+# working tree cannot touch them.
+set -uo pipefail  # no -e: a failing stage is recorded, and the others still run
+here="$(cd "$(dirname "$0")/.." && pwd)"
+self="$here/bench/gpu_check.sh"
+helper="$here/bench/gpu_check.py"
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then PYTHON="$here/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHON
+PY="$PYTHON"
+
+results_dirs() {  # the results folders in $1: $1 itself, or its subfolders that have stages/
+  if [ -d "$1/stages" ]; then echo "$1"; return; fi
+  local d
+  for d in "$1"/*/; do if [ -d "$d/stages" ]; then echo "${d%/}"; fi; done
+}
+
+state_file() {  # what a later session needs to continue pipeline $2 in folder $1 (params are not packed)
+  local p=$1 v=$2 f
+  for f in "$v.finetune.params" "$v.pretrain.params" "$v.pretrain.params.ckpt"; do
+    if [ -f "$p/$f" ]; then echo "$p/$f"; return; fi
+  done
+}
+
+pack() {  # DEST ROOT FINAL: each results folder as DEST/gpu_check_<card>.tgz (no params) and its summary
+  local dest=$1 root=$2 final=$3 r c v s
+  for r in $(results_dirs "$root"); do
+    c=$(basename "$r")
+    "$PY" "$helper" summary "$r" > /dev/null 2>&1
+    local skip=(--exclude='*.params' --exclude='*.ckpt' --exclude='*.ckpt.*' --exclude='*.tmp')
+    tar -czf "$dest/.pack.tgz" "${skip[@]}" -C "$(dirname "$r")" "$c" 2>/dev/null
+    if [ "$(stat -c %s "$dest/.pack.tgz")" -gt $((15 * 1024 * 1024)) ]; then
+      # files come back from the device at up to 16 MiB each: drop the TensorBoard events and progress bars
+      tar -czf "$dest/.pack.tgz" "${skip[@]}" --exclude=expt --exclude=last.err -C "$(dirname "$r")" "$c" 2>/dev/null
+    fi
+    mv "$dest/.pack.tgz" "$dest/gpu_check_$c.tgz"
+    if [ -f "$r/summary.md" ]; then cp "$r/summary.md" "$dest/summary_$c.md"; fi
+    if [ "$final" = 1 ]; then
+      # an unfinished pipeline: its checkpoint in pieces of 15 MiB, one pipeline's only (about 40 MB;
+      # 64 MiB come back in all), so that a later session can carry it back and resume
+      rm -f "$dest"/*.part[0-9]
+      for v in vanilla perceiver; do
+        if [ ! -f "$r/stages/$v.status" ] || [ "$(cut -d' ' -f1 "$r/stages/$v.status")" = ok ]; then continue; fi
+        s=$(state_file "$r/pipelines/$v" "$v")
+        if [ -n "$s" ]; then split -b 15M -d -a 1 "$s" "$dest/$(basename "$s").part"; break; fi
+      done
+    fi
+  done
+  if [ -f "$root/launch.log" ]; then cp "$root/launch.log" "$dest/launch.log"; fi
+}
+
+if [ "${1:-}" = --wait ]; then
+  [ $# -ge 3 ] || { echo "usage: bash bench/gpu_check.sh --wait DEST SECONDS [ROOT]" >&2; exit 2; }
+  dest=$2; end=$((SECONDS + $3)); root=${4:-$here/results/gpu}
+  mkdir -p "$dest" "$root"
+  alive() { [ -f "$root/gpu_check.pid" ] && kill -0 "$(cat "$root/gpu_check.pid")" 2>/dev/null; }
+  # the run writes its pid first thing (and removes it at its end): give a run started a moment ago the time to
+  while [ ! -f "$root/gpu_check.pid" ] && [ $SECONDS -lt $end ] && [ $SECONDS -lt 30 ]; do sleep 1; done
+  while alive && [ $SECONDS -lt $end ]; do
+    pack "$dest" "$root" 0
+    next=$((SECONDS + 30))
+    while alive && [ $SECONDS -lt $next ] && [ $SECONDS -lt $end ]; do sleep 2; done
+  done
+  pack "$dest" "$root" 1
+  for r in $(results_dirs "$root"); do cat "$r/summary.md"; done
+  ls -l "$dest"
+  if alive; then
+    echo "still running: call bash bench/gpu_check.sh --wait DEST SECONDS $root again"
+    exit 3
+  fi
+  if [ -z "$(results_dirs "$root")" ]; then
+    echo "no results in $root; its launch.log:"
+    tail -n 20 "$root/launch.log" 2>/dev/null
+    exit 1
+  fi
+  for r in $(results_dirs "$root"); do
+    grep -q "exit 0" "$r/finished" 2>/dev/null || { echo "the run failed or was cut off: see above"; exit 1; }
+  done
+  exit 0
+fi
+
+if [ "${1:-}" = --stage ]; then
+  # one stage, run by the main process below under a time limit, with its variables exported
+  stage=$2
+  R=$GC_RESULTS
+  cd "$here" || exit 1
+  cmd() {  # run a command, noted in commands.txt as it could be typed (the copied inputs as DATA and REF)
+    local line
+    printf -v line '%q ' "$@"
+    if [[ $PY == */* ]]; then line=${line//"$PY"/python}; fi
+    line=${line//"$GC_DATA"/DATA}; line=${line//"$GC_REF"/REF}; line=${line//"$R"/RESULTS}; line=${line//"$here/"/}
+    line=${line% }
+    if [ "$PWD" != "$here" ]; then line="(cd ${PWD/#"$R"/RESULTS} && $line)"; fi
+    echo "$line" >> "$R/commands.txt"
+    "$@"
+  }
+  case $stage in
+    tests)
+      if ! "$PY" -c "import pytest" 2>/dev/null; then
+        wheels=${WHEELS:-$here/.whl}
+        if ! ls "$wheels"/pytest-*.whl > /dev/null 2>&1; then
+          echo "pytest is not installed here and $wheels holds no pytest wheel (see bench/gpu_check.sh's header)" \
+            | tee "$R/stages/tests.note"
+          exit 77
+        fi
+        site="${TMPDIR:-/tmp}/gpu_check_site"
+        cmd "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl \
+          || exit 1
+        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+      fi
+      export A5_DATA_DIR="$GC_DATA"
+      cmd "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_gpu_check.py tests/test_model.py \
+        tests/test_corruption.py
+      ;;
+    same_seed)
+      d="$R/same_seed"
+      rm -rf "$d"
+      pair() {  # LABEL [FLAGS]: two same-seed runs at once, then their params compared (stdout: the verdict)
+        local label=$1 k bad=0 pids=()
+        shift
+        for k in a b; do
+          mkdir -p "$d/${label}_$k"
+          (cd "$d/${label}_$k" && cmd "$PY" "$here/src/run.py" pretrain vanilla "$GC_DATA/wiki.txt" \
+            --max_epochs "${SEED_EPOCHS:-2}" --seed 0 --device "$DEVICE" --writing_params_path vanilla.params "$@" \
+            > out.txt 2> err.txt) &
+          pids+=($!)
+        done
+        for k in "${pids[@]}"; do wait "$k" || bad=1; done
+        grep -h "^trained" "$d/${label}"_*/out.txt >&2
+        if [ $bad = 1 ]; then tail -n 3 "$d/${label}"_*/err.txt >&2; return 2; fi
+        "$PY" "$helper" same_params "$d/${label}_a/vanilla.params" "$d/${label}_b/vanilla.params"
+      }
+      what="2 runs of pretrain vanilla --max_epochs ${SEED_EPOCHS:-2} --seed 0 at once"
+      verdict=$(pair default)
+      case $? in
+        0) echo "**identical** params: $verdict ($what)" ;;
+        3) echo "**differ** on the default path: $verdict ($what)"
+           plain=$(pair plain --plain)
+           case $? in
+             0) echo "with --plain (explicit attention, float32, torch's AdamW, a DataLoader): identical: the" \
+                     "default's attention kernels are the likely cause (flash attention's backward adds with atomics)" ;;
+             3) echo "with --plain (explicit attention, float32) too: $plain: not the attention kernels alone" ;;
+             *) echo "the --plain pair failed"; rm -f "$d"/*/vanilla.params; exit 1 ;;
+           esac ;;
+        *) echo "a run failed"; rm -f "$d"/*/vanilla.params; exit 1 ;;
+      esac > "$R/same_seed.txt"
+      rm -f "$d"/*/vanilla.params  # 13 MB each, and never packed
+      cat "$R/same_seed.txt"
+      ;;
+    vanilla|perceiver)
+      p="$R/pipelines/$stage"
+      # FLAGS go to every command of the pipeline; the arguments after the folder to pretraining only
+      cmd env FLAGS="--device $DEVICE${FINETUNE_EPOCHS:+ --max_epochs $FINETUNE_EPOCHS}" \
+        bash "$here/bench/pipeline.sh" "$stage" "$GC_DATA" "$p" --max_epochs "${PRETRAIN_EPOCHS:-650}"
+      rc=$?
+      tail -n 4 "$p/log.txt"
+      [ $rc = 0 ] || exit $rc
+      run_dir=$(ls -d "$p"/expt/pretrain/*/ | head -n 1)
+      per_epoch=$("$PY" "$helper" steps_per_epoch "$GC_DATA/wiki.txt" 128) || exit 1
+      refs=()
+      for f in "$GC_REF"/ref_"${stage}"_course_s*.csv; do if [ -f "$f" ]; then refs+=("$f"); fi; done
+      ref_args=()
+      if [ ${#refs[@]} -gt 0 ]; then ref_args=(--reference "${refs[@]}"); fi
+      cmd "$PY" "$here/bench/reference_curve.py" "${run_dir%/}" "$R/loss_$stage" --steps_per_epoch "$per_epoch" \
+        --label "this project, default path" "${ref_args[@]}" > "$R/loss_$stage.md" || exit 1
+      tail -n 3 "$R/loss_$stage.md"
+      ;;
+    bench)
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+      cmd "$PY" "$here/bench/bench_speed.py" --data_dir "$GC_DATA" --device "$DEVICE" \
+        ${BENCH_ARGS---reps 3 --cli --cli_epochs 10 --compile} > "$R/bench.md"
+      ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+  exit
+fi
+
+[ $# -ge 2 ] || { sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2; }
+DATA=$(cd "$1" && pwd) || exit 2
+REF=$(cd "$2" && pwd) || exit 2
+ROOT=${3:-$here/results/gpu}
+mkdir -p "$ROOT" && ROOT=$(cd "$ROOT" && pwd) || exit 2
+echo $$ > "$ROOT/gpu_check.pid"  # what --wait watches
+trap 'rm -f "$ROOT/gpu_check.pid"' EXIT
+export DEVICE=${DEVICE:-cuda}
+STAGES=${STAGES:-tests same_seed vanilla perceiver bench}
+for s in $STAGES; do
+  case $s in tests|same_seed|vanilla|perceiver|bench) ;; *) echo "gpu_check.sh: unknown stage $s" >&2; exit 2 ;; esac
+done
+card=$("$PY" "$helper" card "$DEVICE") || exit 1
+R="$ROOT/$card"
+mkdir -p "$R/stages"
+rm -f "$R/finished"
+# the stages read copies: on the device, the next call's carry replaces the carried folder
+input=$(mktemp -d)
+trap 'rm -rf "$input" "$ROOT/gpu_check.pid"' EXIT
+mkdir "$input/data" "$input/reference"
+cp "$DATA"/{wiki.txt,birth_places_train.tsv,birth_dev.tsv,birth_test_inputs.tsv} "$input/data/" || exit 1
+cp "$REF"/*.csv "$input/reference/" 2>/dev/null || echo "gpu_check.sh: note: no reference CSVs in $REF"
+export GC_DATA="$input/data" GC_REF="$input/reference" GC_RESULTS="$R" PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-}"
+export FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-}" SEED_EPOCHS="${SEED_EPOCHS:-2}" WHEELS="${WHEELS:-$here/.whl}"
+if [ -n "${BENCH_ARGS+set}" ]; then export BENCH_ARGS; fi
+
+log() { echo "[$(date -u '+%T')] $*" | tee -a "$R/log.txt"; }
+{
+  commit=$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  echo "$(date -u '+%F %T') UTC; $(getconf _NPROCESSORS_ONLN) CPU cores; DEVICE=$DEVICE; commit $commit"
+  "$PY" -c "import sys, torch; print(f'torch {torch.__version__}, Python {sys.version.split()[0]}' + (
+    f', CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''))"
+  echo "STAGES=\"$STAGES\" PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS FINETUNE_EPOCHS=$FINETUNE_EPOCHS" \
+    "SEED_EPOCHS=$SEED_EPOCHS BENCH_ARGS=\"${BENCH_ARGS---reps 3 --cli --cli_epochs 10 --compile}\""
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+} > "$R/env.txt"
+echo "# $(date -u '+%F %T') UTC: DEVICE=$DEVICE STAGES=\"$STAGES\" bash bench/gpu_check.sh DATA REF ROOT" \
+  >> "$R/commands.txt"
+
+selected() { [[ " $STAGES " == *" $1 "* ]]; }
+done_ok() { [ "$(cut -d' ' -f1 "$R/stages/$1.status" 2>/dev/null)" = ok ]; }
+for s in $STAGES; do done_ok "$s" || echo waiting > "$R/stages/$s.status"; done
+
+stage() {  # NAME LIMIT: bash gpu_check.sh --stage NAME within LIMIT seconds (0: none); its status in stages/
+  local name=$1 limit=$2 st="$R/stages/$1.status" t0=$SECONDS rc
+  if done_ok "$name"; then log "$name: ended ok in an earlier run: kept"; return 0; fi
+  rm -f "$R/stages/$name.note"
+  echo "running $(date +%s)" > "$st"
+  log "$name: started"
+  timeout "$limit" bash "$self" --stage "$name" > "$R/$name.log" 2>&1
+  rc=$?
+  case $rc in
+    0) echo "ok $((SECONDS - t0))" > "$st" ;;
+    77) echo "skipped $((SECONDS - t0))" > "$st" ;;
+    124) echo "FAILED $((SECONDS - t0)) timed out after $limit s" > "$st" ;;
+    *) echo "FAILED $((SECONDS - t0)) exit $rc" > "$st" ;;
+  esac
+  log "$name: $(cat "$st")"
+  "$PY" "$helper" summary "$R" > /dev/null 2>&1
+}
+
+log "results in $R; stages: $STAGES"
+pids=()
+for v in vanilla perceiver; do
+  if selected $v; then stage $v 0 & pids+=($!); fi
+done
+for s in tests same_seed; do
+  if selected $s; then stage $s 900; fi
+done
+for p in "${pids[@]}"; do wait "$p"; done
+if selected bench; then stage bench 1800; fi
+
+failed=()
+for s in $STAGES; do
+  case $(cut -d' ' -f1 "$R/stages/$s.status") in ok|skipped) ;; *) failed+=("$s") ;; esac
+done
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "finished $(date -u '+%F %T') UTC: exit 0, every stage ok (or skipped with a note)" > "$R/finished"
+else
+  echo "finished $(date -u '+%F %T') UTC: exit 1, failed: ${failed[*]}" > "$R/finished"
+fi
+"$PY" "$helper" summary "$R"
+[ ${#failed[@]} -eq 0 ]

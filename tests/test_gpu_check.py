@@ -1,0 +1,247 @@
+"""
+bench/gpu_check.sh, the one command for a lent GPU: every stage at a tiny size on CPU here;
+and the CUDA-only tests that it runs there (`pytest -k cuda`), skipped without a GPU.
+"""
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import warnings
+
+import pytest
+import torch
+
+import dataset
+import hardware
+import run
+import trainer
+from conftest import ROOT
+from decoding import predict_places
+from inputs import encode, read_questions
+
+DATA = os.path.join(ROOT, "data")
+SCRIPT = os.path.join(ROOT, "bench", "gpu_check.sh")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs CUDA: bench/gpu_check.sh runs it where there is a GPU")
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def handout_trainer(variant, ds, batch_size, **kw):
+    """run.py's pretraining on a GPU's default path: whole batches made there, the loss read back every 25 steps."""
+    torch.manual_seed(0)
+    gpt = run.build_model(argparse.Namespace(variant=variant, bottleneck_dim=64, plain=False), ds.vocab_size)
+    settings = hardware.speed_settings("cuda", hardware.pick_dtype("auto", "cuda"), batch_size)
+    assert settings["sub_batches"] == 1 and settings["device_batches"] and settings["log_every"] == 25
+    tconf = trainer.TrainerConfig(batch_size=batch_size, learning_rate=6e-3, lr_decay=True, warmup_tokens=512 * 20,
+                                  final_tokens=200 * len(ds) * 128, device="cuda", **settings, **kw)
+    return trainer.Trainer(gpt, ds, None, tconf)
+
+
+@needs_cuda
+@pytest.mark.parametrize("variant", ["vanilla", "perceiver"])
+def test_cuda_training_steps_without_host_synchronisation(variant):
+    """The steps of an epoch (batch made on the GPU, forward, backward, clip, fused AdamW, lr) never wait for the GPU."""
+    ds = dataset.CharCorruptionDataset(read(os.path.join(DATA, "wiki.txt")), 128)
+    t = handout_trainer(variant, ds, batch_size=16)
+    t.model.train()
+    batches = t.epoch_batches()
+    # before the check: the epoch's row order goes to the GPU (a copy the host waits for), and the
+    # first step sets up cuBLAS, the optimizer's state and the documents' tensor
+    x, y = next(batches)
+    losses = [t.train_step(x, y)[0]]
+    chars = (y != 0).sum()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches:
+            losses.append(t.train_step(x, y)[0])
+            chars = chars + (y != 0).sum()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(losses) == math.ceil(len(ds) / 16) >= 5
+    assert all(math.isfinite(v) for v in torch.stack(losses).tolist()) and int(chars) > 0
+
+
+@needs_cuda
+def test_cuda_training_loop_waits_for_the_gpu_only_to_log():
+    """
+    Trainer.train on a GPU's default path: the host waits for the device when it logs (every
+    25 steps and at an epoch's end) and when an epoch's row order goes there, not every step.
+    """
+    ds = dataset.CharCorruptionDataset(read(os.path.join(DATA, "wiki.txt")), 128)
+    t = handout_trainer("vanilla", ds, batch_size=4, max_epochs=3)
+    steps = 3 * math.ceil(len(ds) / 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            torch.zeros(1, device="cuda").item()  # one that the count must see
+            t.train()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    assert t.step == steps
+    # expected about 20: 2 a log (the losses, the character count), 2 logs and 1 row order an epoch, set-up
+    assert 1 <= syncs < steps / 2, f"{syncs} host synchronisations in {steps} steps"
+
+
+@needs_cuda
+@pytest.mark.parametrize("tq,tk", [(128, 128), (64, 128), (128, 64)])
+def test_cuda_bf16_attention_keeps_the_course_mask_corner(tq, tk):
+    """
+    Training runs attention in bf16 (autocast), where SDPA may pick flash or memory-efficient
+    kernels, forward and backward: for the Perceiver's non-square attention (m = 64 queries
+    on 128 keys down, 128 on 64 up) they must keep the course's mask[:Tq, :Tk] (query i sees
+    keys 0..i; flash attention's own causal mask is bottom-right aligned). Against the course's
+    explicit computation in float32 on the same bf16-rounded inputs, within bf16's rounding.
+    """
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 8, t, 32, device="cuda").bfloat16().float().requires_grad_() for t in (tq, tk, tk))
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(32)
+    att = att.masked_fill(torch.ones(tq, tk, device="cuda").tril() == 0, float("-inf"))
+    course = att.softmax(dim=-1) @ v
+    grad = torch.randn_like(course)
+    course_grads = torch.autograd.grad(course, (q, k, v), grad)
+    fast_inputs = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    fast = torch.nn.functional.scaled_dot_product_attention(*fast_inputs, is_causal=True)
+    fast_grads = torch.autograd.grad(fast, fast_inputs, grad.bfloat16())
+    for mine, theirs in zip((fast, *fast_grads), (course, *course_grads)):
+        assert mine.dtype == torch.bfloat16
+        assert (mine.float() - theirs).abs().max() <= 0.05 * theirs.abs().max() + 0.01
+
+
+@needs_cuda
+@pytest.mark.parametrize("variant", ["vanilla", "perceiver"])
+def test_cuda_decoding_layouts_agree_with_the_cpu(variant):
+    """
+    A GPU decodes every prompt in one padded batch (the vanilla model left-padded, with its
+    key/value cache): the predictions of decoding by exact length, on the GPU and on the CPU,
+    for the dev prompts (A5_DATA_DIR's, else the bundled ones). In float64, so that no near-tie
+    of an untrained model's logits is settled by rounding (top-two gaps down to 2e-6 were seen
+    on the course's dev prompts).
+    """
+    data = os.environ.get("A5_DATA_DIR") or DATA
+    pre = dataset.CharCorruptionDataset(read(os.path.join(data, "wiki.txt")), 128)
+    mask_id = pre.stoi[pre.MASK_CHAR]
+    prompts = [encode(pre.stoi, q) + [mask_id] for _, q, _ in read_questions(os.path.join(data, "birth_dev.tsv"))]
+    torch.manual_seed(0)
+    args = argparse.Namespace(variant=variant, bottleneck_dim=64, plain=False)
+    gpt = run.build_model(args, pre.vocab_size).double().eval()
+    every = 20 if variant == "perceiver" else 5  # the CPU's Perceiver recomputes every position
+    on_cpu = predict_places(gpt, prompts[::every], pre.itos, mask_id, bucket=1)
+    gpt.cuda()
+    one_batch = predict_places(gpt, prompts, pre.itos, mask_id)  # a GPU's default
+    exact = predict_places(gpt, prompts, pre.itos, mask_id, bucket=1)
+    assert len(set(exact)) > 1 and len({len(p) for p in prompts}) > 8
+    assert one_batch == exact
+    assert one_batch[::every] == on_cpu
+
+
+def tiny_inputs(tmp_path):
+    """The bundled corpus cut down (40 biographies, a few questions whose characters they hold), and
+    reference CSVs in ../shared/reference's format."""
+    data, ref = tmp_path / "data", tmp_path / "ref"
+    data.mkdir()
+    ref.mkdir()
+    wiki = read(os.path.join(DATA, "wiki.txt")).splitlines()[:40]
+    (data / "wiki.txt").write_text("\n".join(wiki) + "\n", encoding="utf-8")
+    chars = set("".join(wiki))
+    for name, n in (("birth_places_train.tsv", 16), ("birth_dev.tsv", 6), ("birth_test_inputs.tsv", 3)):
+        lines = [line for line in read(os.path.join(DATA, name)).splitlines() if set(line) - {"\t"} <= chars][:n]
+        assert len(lines) == n
+        (data / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for name in ("ref_vanilla_course_s0", "ref_vanilla_course_s1", "ref_perceiver_course_s0"):
+        rows = [f"pretrain,{e},{4.0 - 0.1 * e:.4f},6.00e-03" for e in range(1, 6)] + ["finetune,1,1.0000,6.00e-04"]
+        (ref / f"{name}.csv").write_text("phase,epoch,mean_loss,lr_after_epoch\n" + "\n".join(rows) + "\n")
+    return data, ref
+
+
+def gpu_check(*args, **env):
+    knobs = dict(DEVICE="cpu", PRETRAIN_EPOCHS="2", FINETUNE_EPOCHS="1", SEED_EPOCHS="1", PYTHON=sys.executable,
+                 BENCH_ARGS="--reps 1 --rows 2 --questions 2", OMP_NUM_THREADS="1")
+    knobs.update(env)
+    return subprocess.run(["bash", SCRIPT, *map(str, args)], env=dict(os.environ, **knobs), capture_output=True,
+                          text=True, timeout=900)
+
+
+def table(summary):
+    """{stage: (status, wall time, result)} of summary.md's table."""
+    rows = [line.split(" | ") for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
+    return {r[0][2:]: (r[2], r[3], r[4].rstrip(" |")) for r in rows[1:]}
+
+
+def test_gpu_check_runs_every_stage_on_cpu_at_a_tiny_size(tmp_path):
+    data, ref = tiny_inputs(tmp_path)
+    out = gpu_check(data, ref, tmp_path / "gpu")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = tmp_path / "gpu" / "cpu"
+    summary = read(results / "summary.md")
+    assert summary.strip() in out.stdout  # the table is printed at the end
+    stages = table(summary)
+    assert list(stages) == ["tests", "same_seed", "vanilla", "perceiver", "bench"]
+    assert all(status == "ok" and wall.endswith(" s") for status, wall, _ in stages.values()), summary
+    assert ("passed" if torch.cuda.is_available() else "skipped") in stages["tests"][2]
+    assert stages["same_seed"][2].startswith("**identical** params: all ")
+    for variant, reference in (("vanilla", "27.8% and 21.7%"), ("perceiver", "13.6%")):
+        result = stages[variant][2]
+        assert "**dev " in result and "/6; course-faithful trainer: " + reference in result, result
+        assert "pretraining loss at epoch 2: " in result and f"ref_{variant}_course_s0 3.800" in result, result
+        # the per-epoch loss beside the reference curves, in their format
+        csv = read(results / f"loss_{variant}.csv").splitlines()
+        assert csv[0] == "phase,epoch,mean_loss,lr_after_epoch" and [r.split(",")[1] for r in csv[1:]] == ["1", "2"]
+        assert (results / f"loss_{variant}.png").stat().st_size > 1000
+        assert "Correct: " in read(results / "pipelines" / variant / "log.txt")
+    assert "pretraining step, vanilla: " in stages["bench"][2] and "\nIn short" in read(results / "bench.md")
+    # every command, as it could be typed: the copied inputs shown as DATA and REF
+    commands = read(results / "commands.txt")
+    for what in ("-m pytest -q", "src/run.py pretrain vanilla DATA/wiki.txt --max_epochs 1 --seed 0",
+                 "bash bench/pipeline.sh perceiver DATA RESULTS/pipelines/perceiver --max_epochs 2",
+                 "bench/reference_curve.py", "bench/bench_speed.py --data_dir DATA --device cpu"):
+        assert what in commands, commands
+    assert str(tmp_path) not in commands
+    assert read(results / "finished").startswith("finished ") and "exit 0" in read(results / "finished")
+    assert not list((results / "same_seed").glob("*/vanilla.params"))
+
+    # what a device call brings back: a tarball without params, and the summary
+    dest = tmp_path / "dest"
+    waited = subprocess.run(["bash", SCRIPT, "--wait", str(dest), "1", str(tmp_path / "gpu")], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, PYTHON=sys.executable))
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert sorted(os.listdir(dest)) == ["gpu_check_cpu.tgz", "summary_cpu.md"]
+    with tarfile.open(dest / "gpu_check_cpu.tgz") as tar:
+        names = tar.getnames()
+    assert "cpu/summary.md" in names and "cpu/loss_vanilla.csv" in names and "cpu/pipelines/vanilla/log.txt" in names
+    assert not [n for n in names if n.endswith((".params", ".ckpt"))]
+
+
+def test_gpu_check_reports_a_failing_stage_and_goes_on(tmp_path):
+    data, ref = tiny_inputs(tmp_path)
+    root = tmp_path / "gpu"
+    out = gpu_check(data, ref, root, STAGES="bench same_seed", BENCH_ARGS="--reps many")
+    assert out.returncode == 1, out.stdout + out.stderr
+    results = root / "cpu"
+    stages = table(read(results / "summary.md"))
+    assert list(stages) == ["same_seed", "bench"]
+    assert stages["bench"][0] == "**FAILED** (exit 2)" and stages["same_seed"][0] == "ok"
+    assert "invalid int value: 'many'" in stages["bench"][2]  # the stage's last words
+    assert "exit 1, failed: bench" in read(results / "finished")
+
+    # the same command again keeps what ended ok
+    again = gpu_check(data, ref, root, STAGES="same_seed")
+    assert again.returncode == 0 and "same_seed: ended ok in an earlier run: kept" in again.stdout
+
+    # a pipeline cut off with the device time: --wait also brings back, in pieces, what resumes it
+    (results / "stages" / "vanilla.status").write_text("running 0\n")
+    (results / "pipelines" / "vanilla").mkdir(parents=True)
+    (results / "pipelines" / "vanilla" / "vanilla.pretrain.params.ckpt").write_bytes(b"x" * 1000)
+    dest = tmp_path / "dest"
+    subprocess.run(["bash", SCRIPT, "--wait", str(dest), "1", str(root)], capture_output=True, timeout=120,
+                   env=dict(os.environ, PYTHON=sys.executable))
+    assert sorted(os.listdir(dest)) == ["gpu_check_cpu.tgz", "summary_cpu.md", "vanilla.pretrain.params.ckpt.part0"]
+    assert (dest / "vanilla.pretrain.params.ckpt.part0").read_bytes() == b"x" * 1000
