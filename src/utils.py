@@ -107,14 +107,27 @@ def atomic_write(path, write, mode="w"):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut only once the folder is synced
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        sync_folder(folder)
     except OSError as e:
         raise OSError(e.errno, e.strerror, path) from e
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def sync_folder(folder):
+    """
+    Make a rename in folder survive a power cut. Best effort: some file systems (network
+    and FUSE mounts such as Colab's Drive) refuse to sync a folder, and the file itself
+    is already synced by then.
+    """
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

@@ -154,3 +154,20 @@ def test_decoding_layouts_agree_on_the_course_dev_prompts(perceiver, wiki_text, 
     assert len({len(p) for p in prompts}) > 8 and len(set(exact)) > 1
     for bucket in (16, 128):
         assert decoding.predict_places(gpt, prompts, pre.itos, mask_id, steps=12, bucket=bucket) == exact
+
+
+def test_atomic_write_works_where_folders_cannot_be_synced(tmp_path, monkeypatch):
+    """Some mounts (Colab's Drive) refuse fsync on a folder: the write still lands, synced itself."""
+    import errno
+    import stat
+    fsync, synced = os.fsync, []
+
+    def fussy(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        synced.append(fd)
+        return fsync(fd)
+    monkeypatch.setattr(os, "fsync", fussy)
+    path = str(tmp_path / "out.txt")
+    utils.atomic_write(path, lambda f: f.write("good\n"))
+    assert open(path).read() == "good\n" and len(synced) == 1
