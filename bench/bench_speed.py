@@ -7,7 +7,7 @@
 torch's default AdamW, and evaluation one prompt at a time. The default: what
 run.py does without --plain, timed in float32 and, where the CPU has bf16
 arithmetic of its own, in bf16, which is then run.py's default (see run.py --help);
-on a GPU, in run.py's default precision there (bf16, or float32 without it).
+on a GPU, in run.py's default precision there (float32).
 The ways take turns so that machine noise hits all alike, each timed step
 after an untimed one of its own (see side_by_side); the table gives medians
 and their ratios to --plain.

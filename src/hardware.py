@@ -71,15 +71,17 @@ def native_dtype(dtype, device):
 
 def pick_dtype(requested, device="cpu", plain=False):
     """
-    The autocast precision of training. auto: bf16 where the device computes it,
-    else float32 (fp16 only on request: --dtype float16).
+    The autocast precision of training. auto: bf16 on a CPU that computes it, else
+    float32, GPUs included (bf16 and fp16 on a GPU only on request: --dtype).
     """
     if plain:
         return "float32"
     if requested == "auto":
-        # bf16 tracks float32's loss curve under the course's decay rule; fp16 was measured less
-        # accurate on the plateau's params, so not even GPUs without bf16 get it (results/README.md)
-        native = device.split(":")[0] in ("cpu", "cuda") and native_dtype("bfloat16", device)
+        # bf16 only on CPU, where it tracked float32's loss curve under the course's decay rule and
+        # doubles the step rate. On an H100 the handout's pretraining on the bf16 default path never
+        # left its loss plateau, then rose to 3.4 (one run, cause not isolated), and its step was no
+        # faster than float32's (results/gpu/README.md); fp16 was less accurate on the plateau (results/README.md)
+        native = device == "cpu" and native_dtype("bfloat16", device)
         return "bfloat16" if native else "float32"
     if not native_dtype(requested, device):
         print(f"run.py: note: this {device} has no {requested} arithmetic of its own (emulated, many times "

@@ -61,16 +61,17 @@ def parse_args(argv=None):
     argp.add_argument("--final_epochs", type=float, default=200,
                       help="epochs at which the lr cosine reaches its floor (final_tokens = final_epochs x "
                            "corpus lines x block_size; handout: 200)")
-    argp.add_argument("--seed", type=int, default=0, help="random seed: same seed and device give the same params")
+    argp.add_argument("--seed", type=int, default=0, help="random seed: on CPU the same seed gives the same params (not on a GPU: atomic adds)")
     argp.add_argument("--shuffle", action="store_true",
                       help="a new order of the training rows every epoch (the course's loader keeps file order)")
     argp.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     argp.add_argument("--num_workers", type=int, default=0,
                       help="DataLoader worker processes (a GPU makes pretraining batches itself and needs none)")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                      help="autocast precision for training. auto: bfloat16 where the hardware computes it "
-                           "(CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX; about 2x the float32 step on "
-                           "CPU, with the same loss curve: results/README.md), float32 elsewhere. bfloat16 and "
+                      help="autocast precision for training. auto: bfloat16 on CPUs that compute it (AVX512-BF16 "
+                           "or AMX; about 2x the float32 step, with the same loss curve: results/README.md), "
+                           "float32 elsewhere, GPUs included (bf16 failed the handout's pretraining on an H100: "
+                           "results/gpu/README.md). bfloat16 and "
                            "float16 (loss scaling) fall back to float32 with a note where they are emulated. "
                            "Evaluation is always float32")
     argp.add_argument("--save_every", type=int, default=0,

@@ -207,20 +207,36 @@ def timed(f, *args):
     return time.perf_counter() - t
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_batch_without_host_synchronisation():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA here: runs wherever there is a GPU"))])
+def test_batch_rows_within_getitem_ranges_without_host_synchronisation(device):
+    """
+    Every row of a batch made on the device has __getitem__'s form for its own document, and on
+    a GPU making it never waits for the device. The corpus has an empty and a 2-character
+    document (its last lines): their rows are shorter than 4, as __getitem__'s.
+    """
     ds = CharCorruptionDataset(bundled_text(), 128)
-    idx = torch.randint(len(ds), (512,), device="cuda")
+    doc_len = torch.tensor([len(d) for d in ds.data])
+    assert (doc_len < 4).any(), "the corpus must keep a short document for this test to see it"
+    idx = torch.cat([torch.nonzero(doc_len < 4).flatten(), torch.randint(len(ds), (512,))]).to(device)
     batches = DeviceBatches(ds)
-    batches(idx)  # builds the documents' tensor on the GPU
-    torch.cuda.set_sync_debug_mode("error")
+    batches(idx)  # builds the documents' tensor on the device
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
     try:
         x, y = batches(idx)
     finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert x.device == y.device == idx.device and x.shape == (512, 128)
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert x.device == y.device == idx.device and x.shape == (len(idx), 128)
     n, masked_len, start = draws_of_rows(x.cpu(), y.cpu())
-    assert ((4 <= n) & (n <= 112) & (1 <= masked_len) & (start <= n - masked_len)).all()
+    length = doc_len[idx.cpu()]
+    assert ((torch.minimum(length, torch.tensor(4)) <= n) & (n <= torch.minimum(length, torch.tensor(112)))).all()
+    assert ((masked_len >= 1) | (n == 0)).all() and (start <= n - masked_len).all()
+    for row, i, k in zip(x.cpu(), idx.cpu().tolist(), n.tolist()):
+        # a row shows the first n characters of its own document, rearranged, and MASKs and PADs
+        shown = decode(ds, row).replace(dataset.MASK_CHAR, "").replace(dataset.PAD_CHAR, "")
+        assert sorted(shown) == sorted(ds.data[i][:k]), (shown, ds.data[i])
 
 
 def decode(ds, t):

@@ -95,7 +95,7 @@ def test_cuda_training_loop_waits_for_the_gpu_only_to_log():
 @pytest.mark.parametrize("tq,tk", [(128, 128), (64, 128), (128, 64)])
 def test_cuda_bf16_attention_keeps_the_course_mask_corner(tq, tk):
     """
-    Training runs attention in bf16 (autocast), where SDPA may pick flash or memory-efficient
+    With --dtype bfloat16 training runs attention in bf16 (autocast), where SDPA may pick flash or memory-efficient
     kernels, forward and backward: for the Perceiver's non-square attention (m = 64 queries
     on 128 keys down, 128 on 64 up) they must keep the course's mask[:Tq, :Tk] (query i sees
     keys 0..i; flash attention's own causal mask is bottom-right aligned). Against the course's
