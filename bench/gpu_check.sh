@@ -162,7 +162,7 @@ if [ "${1:-}" = --stage ]; then
       fi
       export A5_DATA_DIR="$GC_DATA"
       cmd "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_gpu_check.py tests/test_model.py \
-        tests/test_corruption.py
+        tests/test_corruption.py tests/test_trainer.py
       ;;
     same_seed)
       d="$R/same_seed"

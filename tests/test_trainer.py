@@ -171,29 +171,38 @@ def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
     assert_same_loss_and_gradient((course, 1), (fast, 8), x, y)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA here: bench/gpu_check.sh runs it where there is a GPU"))])
 @pytest.mark.parametrize("perceiver", [False, True])
-def test_fast_path_trains_to_the_course_paths_params(perceiver):
+def test_fast_path_trains_to_the_course_paths_params(perceiver, device):
     """
-    Two optimizer steps on pretraining rows through Trainer.train, run.py's default
-    (fast attention, trimmed sub-batches) against the course's computation, dropout
-    off: AdamW with the course's decay groups moves both to the same params.
+    Two optimizer steps on pretraining rows through Trainer.train, run.py's default in
+    float32 on this device (CPU: fast attention, trimmed sub-batches, fused AdamW; GPU:
+    SDPA's kernels, whole batches, fused AdamW) against the course's computation (--plain:
+    explicit attention, torch's default AdamW), dropout off: AdamW with the course's decay
+    groups moves both to the same params. The rows come from the DataLoader on both sides
+    (the GPU's own corruption draws other rows: tests/test_corruption.py).
     """
     with open(os.path.join(ROOT, "data", "wiki.txt"), encoding="utf-8") as f:
         pre = dataset.CharCorruptionDataset(f.read(), 32)
     ds = torch.utils.data.Subset(pre, range(32))
     kw = dict(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
     trained = []
-    for fast, sub_batches in ((False, 1), (True, 4)):
+    for plain in (True, False):
         torch.manual_seed(0)
-        cfg = small_config(perceiver, block_size=32, plain=not fast, **kw)
+        cfg = small_config(perceiver, block_size=32, plain=plain, **kw)
         cfg.vocab_size = pre.vocab_size
         gpt = model.GPT(cfg)
         start = torch.cat([p.detach().flatten() for p in gpt.parameters()])
         random.seed(0)  # the same corruptions for both
+        settings = hardware.speed_settings(device, "float32", 16, plain=plain)
+        settings["device_batches"] = False
+        if device == "cpu" and not plain:
+            settings["sub_batches"] = 4
         tconf = TrainerConfig(max_epochs=1, batch_size=16, learning_rate=6e-3, lr_decay=True, warmup_tokens=100,
-                              final_tokens=10_000, sub_batches=sub_batches)
+                              final_tokens=10_000, device=device, **settings)
         trainer.Trainer(gpt, ds, None, tconf).train()
-        trained.append(torch.cat([p.detach().flatten() for p in gpt.parameters()]))
+        trained.append(torch.cat([p.detach().flatten() for p in gpt.parameters()]).cpu())
     assert (trained[0] - start).norm() > 0.1  # the steps moved the params
     assert (trained[0] - trained[1]).norm() <= 1e-4 * (trained[0] - start).norm()
 
