@@ -166,13 +166,19 @@ def cli(args, cwd, steps_per_epoch=None):
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
         raise RuntimeError(f"run.py {args[0]} exited {out.returncode}")
-    rate = re.search(r"([0-9.]+) steps/s", out.stdout)
+    rate = reported_rate(out.stdout)
     epochs, steady = [], None
     if steps_per_epoch and "--tb_expt_name" in args:
         name = args[args.index("--tb_expt_name") + 1]
         for run_dir in glob.glob(os.path.join(cwd, "expt", args[0], f"{name}_*")):
             epochs, steady = run_curve(run_dir, steps_per_epoch)
-    return seconds, float(rate.group(1)) if rate else None, epochs, steady
+    return seconds, rate, epochs, steady
+
+
+def reported_rate(stdout):
+    """The steps/s of run.py's closing "trained ..." line (not the early one of its expected-time line), or None."""
+    rate = re.search(r"^trained .* ([0-9.]+) steps/s", stdout, re.M)
+    return float(rate.group(1)) if rate else None
 
 
 def fmt(seconds):

@@ -10,7 +10,6 @@ the summary table of a results folder (written again after every stage, and by
   python bench/gpu_check.py summary RESULTS                 # writes RESULTS/summary.md and prints it
 """
 
-import glob
 import math
 import os
 import re

@@ -30,7 +30,7 @@
 # stages/NAME.status to redo one), and the pipelines resume from their checkpoints.
 #
 # Knobs (environment): DEVICE (cuda; cpu for a tiny check), STAGES (all five), PRETRAIN_EPOCHS
-# (650), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10
+# (the handout's), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10
 # --compile"), PYTHON (.venv's if there, else python3), WHEELS (.whl: pytest's wheels, used if pytest
 # is missing).
 # A tiny run on CPU, as tests/test_gpu_check.py makes it:
@@ -149,7 +149,7 @@ if [ "${1:-}" = --stage ]; then
   case $stage in
     tests)
       if ! "$PY" -c "import pytest" 2>/dev/null; then
-        wheels=${WHEELS:-$here/.whl}
+        wheels=$WHEELS
         if ! ls "$wheels"/pytest-*.whl > /dev/null 2>&1; then
           echo "pytest is not installed here and $wheels holds no pytest wheel (see bench/gpu_check.sh's header)" \
             | tee "$R/stages/tests.note"
@@ -173,7 +173,7 @@ if [ "${1:-}" = --stage ]; then
         for k in a b; do
           mkdir -p "$d/${label}_$k"
           (cd "$d/${label}_$k" && cmd "$PY" "$here/src/run.py" pretrain vanilla "$GC_DATA/wiki.txt" \
-            --max_epochs "${SEED_EPOCHS:-2}" --seed 0 --device "$DEVICE" --writing_params_path vanilla.params "$@" \
+            --max_epochs "$SEED_EPOCHS" --seed 0 --device "$DEVICE" --writing_params_path vanilla.params "$@" \
             > out.txt 2> err.txt) &
           pids+=($!)
         done
@@ -182,7 +182,7 @@ if [ "${1:-}" = --stage ]; then
         if [ $bad = 1 ]; then tail -n 3 "$d/${label}"_*/err.txt >&2; return 2; fi
         "$PY" "$helper" same_params "$d/${label}_a/vanilla.params" "$d/${label}_b/vanilla.params"
       }
-      what="2 runs of pretrain vanilla --max_epochs ${SEED_EPOCHS:-2} --seed 0 at once"
+      what="2 runs of pretrain vanilla --max_epochs $SEED_EPOCHS --seed 0 at once"
       verdict=$(pair default)
       case $? in
         0) echo "**identical** params: $verdict ($what)" ;;
@@ -203,7 +203,7 @@ if [ "${1:-}" = --stage ]; then
       p="$R/pipelines/$stage"
       # FLAGS go to every command of the pipeline; the arguments after the folder to pretraining only
       cmd env FLAGS="--device $DEVICE${FINETUNE_EPOCHS:+ --max_epochs $FINETUNE_EPOCHS}" \
-        bash "$here/bench/pipeline.sh" "$stage" "$GC_DATA" "$p" --max_epochs "${PRETRAIN_EPOCHS:-650}"
+        bash "$here/bench/pipeline.sh" "$stage" "$GC_DATA" "$p" ${PRETRAIN_EPOCHS:+--max_epochs $PRETRAIN_EPOCHS}
       rc=$?
       tail -n 4 "$p/log.txt"
       [ $rc = 0 ] || exit $rc
@@ -220,7 +220,7 @@ if [ "${1:-}" = --stage ]; then
     bench)
       # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
       cmd "$PY" "$here/bench/bench_speed.py" --data_dir "$GC_DATA" --device "$DEVICE" \
-        ${BENCH_ARGS---reps 3 --cli --cli_epochs 10 --compile} > "$R/bench.md"
+        $BENCH_ARGS > "$R/bench.md"
       ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
@@ -251,7 +251,7 @@ cp "$DATA"/{wiki.txt,birth_places_train.tsv,birth_dev.tsv,birth_test_inputs.tsv}
 cp "$REF"/*.csv "$input/reference/" 2>/dev/null || echo "gpu_check.sh: note: no reference CSVs in $REF"
 export GC_DATA="$input/data" GC_REF="$input/reference" GC_RESULTS="$R" PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-}"
 export FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-}" SEED_EPOCHS="${SEED_EPOCHS:-2}" WHEELS="${WHEELS:-$here/.whl}"
-if [ -n "${BENCH_ARGS+set}" ]; then export BENCH_ARGS; fi
+export BENCH_ARGS="${BENCH_ARGS---reps 3 --cli --cli_epochs 10 --compile}"  # set but empty: no arguments
 
 log() { echo "[$(date -u '+%T')] $*" | tee -a "$R/log.txt"; }
 {
@@ -260,7 +260,7 @@ log() { echo "[$(date -u '+%T')] $*" | tee -a "$R/log.txt"; }
   "$PY" -c "import sys, torch; print(f'torch {torch.__version__}, Python {sys.version.split()[0]}' + (
     f', CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''))"
   echo "STAGES=\"$STAGES\" PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS FINETUNE_EPOCHS=$FINETUNE_EPOCHS" \
-    "SEED_EPOCHS=$SEED_EPOCHS BENCH_ARGS=\"${BENCH_ARGS---reps 3 --cli --cli_epochs 10 --compile}\""
+    "SEED_EPOCHS=$SEED_EPOCHS BENCH_ARGS=\"$BENCH_ARGS\""
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 } > "$R/env.txt"
 echo "# $(date -u '+%F %T') UTC: DEVICE=$DEVICE STAGES=\"$STAGES\" bash bench/gpu_check.sh DATA REF ROOT" \

@@ -243,3 +243,18 @@ def test_run_curve_reads_epochs_and_the_rate_after_the_first(tmp_path):
     assert epochs == [1.5, 5.5, 9.5]
     assert rate == pytest.approx(3.0)  # steps 5 to 11 from 101.002 s to 103.002 s
     assert bench_speed.run_curve(str(tmp_path / "none"), 4) == ([], None)
+
+
+def test_reported_rate_is_the_whole_runs(tmp_path):
+    """The rate of run.py's closing line, not the early one of its expected-time line (which came first and was
+    taken for it in the H100's bench.md)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_speed
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "src", "run.py"), "pretrain", "vanilla",
+                          os.path.join(DATA, "wiki.txt"), "--writing_params_path", "v.params", "--max_epochs", "1",
+                          "--batch_size", "8"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    early, whole = re.findall(r"([0-9.]+) steps/s", out.stdout)  # the expected-time line's, then the closing line's
+    assert "expected time" in out.stdout.split(early)[0].splitlines()[-1]
+    assert bench_speed.reported_rate(out.stdout) == float(whole)
+    assert bench_speed.reported_rate("no rate here\n") is None

@@ -103,14 +103,15 @@ def test_cuda_bf16_attention_keeps_the_course_mask_corner(tq, tk):
     explicit computation in float32 on the same bf16-rounded inputs, within bf16's rounding.
     """
     torch.manual_seed(0)
+    conf = argparse.Namespace(n_embd=256, n_head=8, block_size=128, attn_pdrop=0.1, resid_pdrop=0.1)
+    course_attn, fast_attn = (attention.CausalSelfAttention(argparse.Namespace(**vars(conf), plain=plain))
+                              .cuda().eval() for plain in (True, False))
     q, k, v = (torch.randn(4, 8, t, 32, device="cuda").bfloat16().float().requires_grad_() for t in (tq, tk, tk))
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(32)
-    att = att.masked_fill(torch.ones(tq, tk, device="cuda").tril() == 0, float("-inf"))
-    course = att.softmax(dim=-1) @ v
+    course = course_attn.attend(q, k, v)
     grad = torch.randn_like(course)
     course_grads = torch.autograd.grad(course, (q, k, v), grad)
     fast_inputs = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
-    fast = torch.nn.functional.scaled_dot_product_attention(*fast_inputs, is_causal=True)
+    fast = fast_attn.attend(*fast_inputs)
     fast_grads = torch.autograd.grad(fast, fast_inputs, grad.bfloat16())
     for mine, theirs in zip((fast, *fast_grads), (course, *course_grads)):
         assert mine.dtype == torch.bfloat16
