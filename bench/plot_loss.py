@@ -15,10 +15,7 @@ import argparse
 import glob
 import os
 
-import matplotlib
-matplotlib.use("Agg")  # no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def scalars(run_dir, tag):
@@ -50,6 +47,9 @@ def main():
     argp.add_argument("--smooth", type=int, default=23)
     argp.add_argument("--every", type=int, default=0, help="print the mean loss of each block of this many steps")
     args = argp.parse_args()
+    import matplotlib  # here, not at the top: scalars() and block_means() serve machines without it (a bare GPU)
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
     runs = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(args.expt_dir, "**", "events.out.tfevents.*"),
                                                          recursive=True)})
     if not runs:

@@ -9,17 +9,14 @@ Writes OUT.csv in the reference's columns (phase, epoch, mean_loss,
 lr_after_epoch; complete epochs only) and OUT.png with every curve over the
 run's epochs, and prints the losses at epochs 10, 20, 30, ... side by side.
 A pretraining epoch of wiki.txt is 23 steps of 128 rows (2,938 documents).
-Needs matplotlib (a dev extra).
+OUT.png needs matplotlib (a dev extra); without it (a bare GPU machine) the
+CSV and the table are still written.
 """
 
 import argparse
 import csv
 import os
 import sys
-
-import matplotlib
-matplotlib.use("Agg")  # no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plot_loss import block_means, scalars  # noqa: E402
@@ -60,24 +57,37 @@ def main():
         w.writerows(["pretrain", e, f"{l:.4f}", f"{lr:.2e}"] for e, l, lr in rows)
     last = rows[-1][0]
     refs = {os.path.splitext(os.path.basename(p))[0]: read_reference(p) for p in args.reference}
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, ref in refs.items():
-        epochs = [e for e in sorted(ref) if e <= last]
-        ax.plot(epochs, [ref[e] for e in epochs], linewidth=1, label=name)
-    ax.plot([e for e, _, _ in rows], [l for _, l, _ in rows], color="black", linewidth=2, label=args.label)
-    ax.set_xlabel("pretraining epoch")
-    ax.set_ylabel("mean training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out + ".png", dpi=110)
+    plotted = plot(rows, refs, args.label, args.out + ".png")
     header = ["epoch", args.label] + list(refs)
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
     ours = {e: l for e, l, _ in rows}
     for e in list(range(10, last + 1, 10)) + ([last] if last % 10 else []):
         cells = [f"{ours[e]:.3f}"] + [f"{ref[e]:.3f}" if e in ref else "" for ref in refs.values()]
         print(f"| {e} | " + " | ".join(cells) + " |")
-    print(f"wrote {args.out}.csv and {args.out}.png")
+    print(f"wrote {args.out}.csv" + (f" and {args.out}.png" if plotted else " (no matplotlib here: no .png)"))
+
+
+def plot(rows, refs, label, path):
+    """The run's curve over the references' at the same epochs, into path; False where matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+    last = rows[-1][0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, ref in refs.items():
+        epochs = [e for e in sorted(ref) if e <= last]
+        ax.plot(epochs, [ref[e] for e in epochs], linewidth=1, label=name)
+    ax.plot([e for e, _, _ in rows], [l for _, l, _ in rows], color="black", linewidth=2, label=label)
+    ax.set_xlabel("pretraining epoch")
+    ax.set_ylabel("mean training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 if __name__ == "__main__":

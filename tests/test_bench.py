@@ -176,6 +176,16 @@ def test_reference_curve_averages_each_epoch_beside_the_reference(tmp_path):
         "phase,epoch,mean_loss,lr_after_epoch", "pretrain,1,1.0000,3.00e-01", "pretrain,2,4.0000,6.00e-01"]
     assert "| 2 | 4.000 | 2.500 |" in out.stdout
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    # a bare GPU machine (bench/gpu_check.sh's pipeline stages) has no matplotlib: the CSV and table still come
+    script = os.path.join(ROOT, "bench", "reference_curve.py")
+    hidden = ("import runpy, sys; sys.modules['matplotlib'] = None; sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", hidden, script, str(run_dir), str(tmp_path / "bare"),
+                          "--steps_per_epoch", "3", "--reference", str(ref)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "bare.csv").read_text() == (tmp_path / "curve.csv").read_text()
+    assert "| 2 | 4.000 | 2.500 |" in out.stdout and "no matplotlib" in out.stdout
+    assert not (tmp_path / "bare.png").exists()
 
 
 def test_bench_speed_times_the_compiled_step_beside_eager(monkeypatch, capsys, tmp_path):
@@ -258,3 +268,4 @@ def test_reported_rate_is_the_whole_runs(tmp_path):
     assert "expected time" in out.stdout.split(early)[0].splitlines()[-1]
     assert bench_speed.reported_rate(out.stdout) == float(whole)
     assert bench_speed.reported_rate("no rate here\n") is None
+
