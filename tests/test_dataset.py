@@ -7,7 +7,6 @@ from collections import Counter
 import pytest
 import torch
 
-import dataset
 from dataset import MASK_CHAR, PAD_CHAR, CharCorruptionDataset, NameDataset
 
 from conftest import SRC
