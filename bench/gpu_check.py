@@ -17,9 +17,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["tests", "same_seed", "vanilla", "perceiver", "bench"]
+STAGES = ["tests", "bisect", "same_seed", "vanilla", "perceiver", "bench"]
 WHAT = {
     "tests": "CUDA-only tests (pytest -k cuda)",
+    "bisect": "first epochs, one setting changed a variant",
     "same_seed": "two same-seed runs, same params?",
     "vanilla": "handout pipeline, vanilla",
     "perceiver": "handout pipeline, perceiver m=64",
@@ -145,6 +146,9 @@ def summary(results):
         note = read(os.path.join(results, "stages", f"{stage}.note")).strip()
         if stage == "tests":
             result = tests_result(results)
+        elif stage == "bisect":  # its verdicts: "- variant: epoch E loss L, +G from the references' mean: ..."
+            result = "; ".join(line[2:] for line in read(os.path.join(results, "bisect", "bisect.md")).splitlines()
+                               if line.startswith("- "))
         elif stage == "same_seed":
             result = "; ".join(read(os.path.join(results, "same_seed.txt")).strip().splitlines())
         elif stage == "bench":

@@ -17,7 +17,12 @@
 #             loss_<variant>.csv/.md/.png) and its dev accuracy
 #   tests     the CUDA-only tests (pytest -k cuda: training steps and the span corruption under
 #             torch.cuda.set_sync_debug_mode("error"), SDPA against the course's mask corners
-#             in float32 and bf16, the decoding layouts on the GPU), beside the pipelines: not timings
+#             in float32 and bf16, attention dropout's forward and backward against one mask for
+#             each of SDPA's kernels, the decoding layouts on the GPU), beside the pipelines: not timings
+#   bisect    bench/bisect_default.py: the first BISECT_EPOCHS pretraining epochs under variants
+#             that change one setting each (bf16, SDPA's kernels, device-made batches, fused AdamW),
+#             all at once, beside the reference curves: which setting keeps the handout's
+#             pretraining on its plateau, as the bf16 default did on an H100 (bisect/bisect.md)
 #   same_seed two `run.py pretrain vanilla --max_epochs 2 --seed 0` at once, beside the
 #             pipelines: the same params? If not, the same with --plain, to tell the default's
 #             attention kernels (flash attention's backward adds with atomics) from the rest
@@ -29,13 +34,13 @@
 # bench.md. Rerun with the same ROOT to continue: stages that ended ok are kept (delete
 # stages/NAME.status to redo one), and the pipelines resume from their checkpoints.
 #
-# Knobs (environment): DEVICE (cuda; cpu for a tiny check), STAGES (all five), PRETRAIN_EPOCHS
-# (the handout's), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10
-# --compile"), PYTHON (.venv's if there, else python3), WHEELS (.whl: pytest's wheels, used if pytest
+# Knobs (environment): DEVICE (cuda; cpu for a tiny check), STAGES (all six), PRETRAIN_EPOCHS
+# (the handout's), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BISECT_EPOCHS (50), BISECT_VARIANTS
+# (all of bisect_default.py's), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10 --compile"), PYTHON (.venv's if there, else python3), WHEELS (.whl: pytest's wheels, used if pytest
 # is missing).
 # A tiny run on CPU, as tests/test_gpu_check.py makes it:
-#   DEVICE=cpu PRETRAIN_EPOCHS=2 FINETUNE_EPOCHS=1 SEED_EPOCHS=1 BENCH_ARGS="--reps 1 --rows 2 --questions 2" \
-#     bash bench/gpu_check.sh data ../shared/reference /tmp/gpu
+#   DEVICE=cpu PRETRAIN_EPOCHS=2 FINETUNE_EPOCHS=1 SEED_EPOCHS=1 BISECT_EPOCHS=1 BISECT_VARIANTS=course \
+#     BENCH_ARGS="--reps 1 --rows 2 --questions 2" bash bench/gpu_check.sh data ../shared/reference /tmp/gpu
 #
 # On a lent GPU (results/README.md, "On a GPU", has the whole procedure). Here, once: the data
 # and the curves into a git-ignored folder that the device call carries (../shared does not
@@ -199,6 +204,13 @@ if [ "${1:-}" = --stage ]; then
       rm -f "$d"/*/vanilla.params  # 13 MB each, and never packed
       cat "$R/same_seed.txt"
       ;;
+    bisect)
+      refs=()
+      for f in "$GC_REF"/ref_vanilla_course_s*.csv; do if [ -f "$f" ]; then refs+=("$f"); fi; done
+      # shellcheck disable=SC2086  # BISECT_VARIANTS is a list of names
+      cmd "$PY" "$here/bench/bisect_default.py" "$GC_DATA/wiki.txt" "$R/bisect" --epochs "$BISECT_EPOCHS" \
+        --device "$DEVICE" ${BISECT_VARIANTS:+--variants $BISECT_VARIANTS} --reference "${refs[@]}"
+      ;;
     vanilla|perceiver)
       p="$R/pipelines/$stage"
       # FLAGS go to every command of the pipeline; the arguments after the folder to pretraining only
@@ -235,9 +247,9 @@ mkdir -p "$ROOT" && ROOT=$(cd "$ROOT" && pwd) || exit 2
 echo $$ > "$ROOT/gpu_check.pid"  # what --wait watches
 trap 'rm -f "$ROOT/gpu_check.pid"' EXIT
 export DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES:-tests same_seed vanilla perceiver bench}
+STAGES=${STAGES:-tests bisect same_seed vanilla perceiver bench}
 for s in $STAGES; do
-  case $s in tests|same_seed|vanilla|perceiver|bench) ;; *) echo "gpu_check.sh: unknown stage $s" >&2; exit 2 ;; esac
+  case $s in tests|bisect|same_seed|vanilla|perceiver|bench) ;; *) echo "gpu_check.sh: unknown stage $s" >&2; exit 2 ;; esac
 done
 card=$("$PY" "$helper" card "$DEVICE") || exit 1
 R="$ROOT/$card"
@@ -251,6 +263,7 @@ cp "$DATA"/{wiki.txt,birth_places_train.tsv,birth_dev.tsv,birth_test_inputs.tsv}
 cp "$REF"/*.csv "$input/reference/" 2>/dev/null || echo "gpu_check.sh: note: no reference CSVs in $REF"
 export GC_DATA="$input/data" GC_REF="$input/reference" GC_RESULTS="$R" PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-}"
 export FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-}" SEED_EPOCHS="${SEED_EPOCHS:-2}" WHEELS="${WHEELS:-$here/.whl}"
+export BISECT_EPOCHS="${BISECT_EPOCHS:-50}" BISECT_VARIANTS="${BISECT_VARIANTS:-}"
 export BENCH_ARGS="${BENCH_ARGS---reps 3 --cli --cli_epochs 10 --compile}"  # set but empty: no arguments
 
 log() { echo "[$(date -u '+%T')] $*" | tee -a "$R/log.txt"; }
@@ -260,7 +273,8 @@ log() { echo "[$(date -u '+%T')] $*" | tee -a "$R/log.txt"; }
   "$PY" -c "import sys, torch; print(f'torch {torch.__version__}, Python {sys.version.split()[0]}' + (
     f', CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''))"
   echo "STAGES=\"$STAGES\" PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS FINETUNE_EPOCHS=$FINETUNE_EPOCHS" \
-    "SEED_EPOCHS=$SEED_EPOCHS BENCH_ARGS=\"$BENCH_ARGS\""
+    "SEED_EPOCHS=$SEED_EPOCHS BISECT_EPOCHS=$BISECT_EPOCHS BISECT_VARIANTS=\"$BISECT_VARIANTS\"" \
+    "BENCH_ARGS=\"$BENCH_ARGS\""
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 } > "$R/env.txt"
 echo "# $(date -u '+%F %T') UTC: DEVICE=$DEVICE STAGES=\"$STAGES\" bash bench/gpu_check.sh DATA REF ROOT" \
@@ -293,7 +307,7 @@ pids=()
 for v in vanilla perceiver; do
   if selected $v; then stage $v 0 & pids+=($!); fi
 done
-for s in tests same_seed; do
+for s in tests bisect same_seed; do
   if selected $s; then stage $s 900; fi
 done
 for p in "${pids[@]}"; do wait "$p"; done

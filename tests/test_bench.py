@@ -269,3 +269,68 @@ def test_reported_rate_is_the_whole_runs(tmp_path):
     assert bench_speed.reported_rate(out.stdout) == float(whole)
     assert bench_speed.reported_rate("no rate here\n") is None
 
+
+def test_bisect_default_changes_one_setting_per_variant(tmp_path, monkeypatch, capsys):
+    """
+    bench/bisect_default.py's variants, set up as on a GPU (hardware.speed_settings for cuda),
+    training stubbed: each one differs from the variant it is named after in the one setting
+    its name says, and nothing else.
+    """
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bisect_default
+    import hardware
+    import trainer
+    gpu_settings = hardware.speed_settings
+    monkeypatch.setattr(hardware, "speed_settings", lambda device, *a, **kw: gpu_settings("cuda", *a, **kw))
+    made = {}
+
+    def train(self):
+        c = self.config
+        made[name] = dict(dtype=c.dtype, fused_adamw=c.fused_adamw, sub_batches=c.sub_batches,
+                          device_batches=c.device_batches, log_every=c.log_every, ckpt=c.ckpt_path,
+                          explicit=self.raw_model.blocks[0].attn.plain)
+    monkeypatch.setattr(trainer.Trainer, "train", train)
+    for name in bisect_default.VARIANTS:
+        bisect_default.train_variant(name, os.path.join(DATA, "wiki.txt"), str(tmp_path), 1, "cpu", 0)
+    assert made["default"] == dict(dtype="float32", fused_adamw=True, sub_batches=1, device_batches=True,
+                                   log_every=25, ckpt=None, explicit=False)
+
+    def changed(a, b):
+        return {k for k in made[a] if made[a][k] != made[b][k]}
+    bf16 = {"dtype"} if hardware.pick_dtype("bfloat16", "cpu") == "bfloat16" else set()  # else the fallback
+    assert changed("bf16", "default") == bf16
+    assert changed("bf16_explicit_attention", "bf16") == {"explicit"}
+    assert changed("bf16_dataloader", "bf16") == {"device_batches"}
+    assert changed("bf16_torch_adamw", "bf16") == {"fused_adamw"}
+    assert changed("course", "default") == {"fused_adamw", "device_batches", "explicit"}
+    assert changed("course_bf16", "course") == bf16
+
+
+def test_bisect_default_tabulates_each_variant_beside_the_references(tmp_path):
+    wiki = tmp_path / "wiki.txt"
+    with open(os.path.join(DATA, "wiki.txt"), encoding="utf-8") as f:
+        wiki.write_text("".join(f.readlines()[:40]), encoding="utf-8")  # one step an epoch
+    ref = tmp_path / "ref_vanilla_course_s0.csv"
+    ref.write_text("phase,epoch,mean_loss,lr_after_epoch\npretrain,1,4.0,3e-3\npretrain,2,3.0,6e-3\n")
+    out = tmp_path / "out"
+    script = os.path.join(ROOT, "bench", "bisect_default.py")
+    run = subprocess.run([sys.executable, script, str(wiki), str(out), "--epochs", "1", "--device", "cpu",
+                          "--variants", "course", "bf16_torch_adamw", "--jobs", "2", "--reference", str(ref)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    for name in ("course", "bf16_torch_adamw"):
+        rows = (out / f"{name}.csv").read_text().splitlines()
+        assert rows[0] == "phase,epoch,mean_loss,lr_after_epoch" and len(rows) == 2
+        # 40 rows of 128 characters: half the warm-up's 512 x 20 tokens
+        assert rows[1].startswith("pretrain,1,") and 2.9e-3 < float(rows[1].split(",")[3]) < 3.2e-3
+        loss = float(rows[1].split(",")[2])
+        assert 3 < loss < 5
+        assert re.search(rf"^\| 1 \| .*{loss:.3f}.* \| 4\.000 \|$", run.stdout, re.M)
+        verdict = "with the references" if loss - 4.0 < 0.15 else "off the references"
+        assert re.search(rf"^- {name}: epoch 1 loss {loss:.3f}, [+-][\d.]+ from .*{verdict}", run.stdout, re.M)
+    assert (out / "bisect.md").read_text() in run.stdout
+    # a variant that did not finish is named
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bisect_default
+    text = bisect_default.table(str(out), ["course", "bf16"], [str(ref)], 1)
+    assert "- course: epoch 1" in text and text.endswith("- did not finish (see their .log): bf16\n")

@@ -3,8 +3,10 @@ bench/gpu_check.sh, the one command for a lent GPU: every stage at a tiny size o
 and the CUDA-only tests that it runs there (`pytest -k cuda`), skipped without a GPU.
 """
 import argparse
+import contextlib
 import math
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -149,6 +151,76 @@ def test_attention_dropout_has_the_expectation_of_no_dropout(device, dtype):
         assert (m - e).norm() < 0.05 * e.norm(), name
 
 
+def dropped_attention_weights(attend, q, k, seed):
+    """
+    The weights (B, nh, Tq, Tk), after dropout, with which attend(q, k, v) combines v under the
+    dropout mask that `seed` gives: read back with v = blocks of the identity, one call each, the
+    generator reseeded before each (dropout inside SDPA's kernels draws from it, as nn.Dropout does).
+    """
+    B, nh, _, hs = q.shape
+    Tk = k.size(-2)
+    eye = torch.eye(Tk, device=q.device, dtype=q.dtype)
+    blocks = []
+    for j in range(0, Tk, hs):
+        v = eye[:, j:j + hs].expand(B, nh, Tk, hs)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            blocks.append(attend(q, k, v))
+    return torch.cat(blocks, dim=-1)[..., :Tk]
+
+
+SDPA_BACKENDS = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"]
+
+
+@pytest.mark.parametrize("device,backend", [("cpu", None), ("cpu", "MATH")] + [
+    pytest.param("cuda", b, marks=needs_cuda) for b in [None] + SDPA_BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_dropout_backward_uses_the_forwards_mask(device, backend, dtype):
+    """
+    Attention with dropout where training does it (backend None: what attend picks; else one
+    of SDPA's kernels forced), at the handout's shapes (128 positions, head size 32): output and
+    gradients must be those of ONE dropout mask, the forward's. The mask is read back from the
+    forward (dropped_attention_weights); output and gradients are then recomputed from it in
+    float64. A kernel whose backward redraws the mask (a seed/offset mix-up) keeps the
+    expectation of no dropout (the test above) but trains on noise wherever attention matters:
+    its gradients are off by tens of percent here.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    torch.manual_seed(0)
+    conf = argparse.Namespace(n_embd=256, n_head=8, block_size=128, attn_pdrop=0.1, resid_pdrop=0.1, plain=False)
+    attn = attention.CausalSelfAttention(conf).to(device).train()
+
+    def sdpa(q, k, v):  # the call attend makes on a GPU, under sdpa_kernel: with the one kernel allowed
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1, is_causal=True)
+    attend = attn.attend if backend is None else sdpa
+    q, k, v, g = (torch.randn(2, 8, 128, 32, device=device).to(dtype) for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
+        try:
+            weights = dropped_attention_weights(attend, q, k, seed=1).double()
+            torch.manual_seed(1)
+            out = attend(q, k, v)
+            grads = torch.autograd.grad(out, (q, k, v), g)
+        except RuntimeError as e:  # this kernel does not take these inputs (dtype, dropout) on this device
+            pytest.skip(f"{backend} with dropout in {dtype} on {device}: {str(e).splitlines()[0][:120]}")
+
+    causal = torch.ones(128, 128, dtype=torch.bool, device=device).tril()
+    kept = weights != 0
+    dropped = 1 - kept[..., causal].double().mean().item()
+    assert 0.08 < dropped < 0.12, f"dropout is not on: {dropped:.3f} of the weights dropped"
+    assert not kept[..., ~causal].any(), "a query saw a later key"
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    att = (qd @ kd.transpose(-2, -1) / math.sqrt(32)).masked_fill(~causal, float("-inf"))
+    exact_weights = torch.softmax(att, dim=-1) * kept / 0.9
+    exact = exact_weights @ vd
+    exact_grads = torch.autograd.grad(exact, (qd, kd, vd), g.double())
+    tol = 1e-4 if dtype == torch.float32 else 0.02  # relative to the largest entry; bf16 keeps 8 bits
+    for name, mine, theirs in zip(("weights", "output", "dq", "dk", "dv"), (weights, out, *grads),
+                                  (exact_weights, exact, *exact_grads)):
+        err = (mine.double() - theirs).abs().max().item()
+        assert err <= tol * theirs.abs().max().item(), f"{name}: off by {err:.3g}"
+
+
 @needs_cuda
 @pytest.mark.parametrize("variant", ["vanilla", "perceiver"])
 def test_cuda_decoding_layouts_agree_with_the_cpu(variant):
@@ -196,7 +268,8 @@ def tiny_inputs(tmp_path):
 
 
 def gpu_check(*args, **env):
-    knobs = dict(DEVICE="cpu", PRETRAIN_EPOCHS="2", FINETUNE_EPOCHS="1", SEED_EPOCHS="1", PYTHON=sys.executable,
+    knobs = dict(DEVICE="cpu", PRETRAIN_EPOCHS="2", FINETUNE_EPOCHS="1", SEED_EPOCHS="1", BISECT_EPOCHS="1",
+                 BISECT_VARIANTS="course", PYTHON=sys.executable,
                  BENCH_ARGS="--reps 1 --rows 2 --questions 2", OMP_NUM_THREADS="1")
     knobs.update(env)
     return subprocess.run(["bash", SCRIPT, *map(str, args)], env=dict(os.environ, **knobs), capture_output=True,
@@ -217,10 +290,11 @@ def test_gpu_check_runs_every_stage_on_cpu_at_a_tiny_size(tmp_path):
     summary = read(results / "summary.md")
     assert summary.strip() in out.stdout  # the table is printed at the end
     stages = table(summary)
-    assert list(stages) == ["tests", "same_seed", "vanilla", "perceiver", "bench"]
+    assert list(stages) == ["tests", "bisect", "same_seed", "vanilla", "perceiver", "bench"]
     assert all(status == "ok" and wall.endswith(" s") for status, wall, _ in stages.values()), summary
     assert ("passed" if torch.cuda.is_available() else "skipped") in stages["tests"][2]
     assert stages["same_seed"][2].startswith("**identical** params: all ")
+    assert re.fullmatch(r"course: epoch 1 loss [\d.]+, \+[\d.]+ from the references' mean: .*", stages["bisect"][2])
     for variant, reference in (("vanilla", "27.8% and 21.7%"), ("perceiver", "13.6%")):
         result = stages[variant][2]
         assert "**dev " in result and "/6; course-faithful trainer: " + reference in result, result
@@ -235,7 +309,9 @@ def test_gpu_check_runs_every_stage_on_cpu_at_a_tiny_size(tmp_path):
     commands = read(results / "commands.txt")
     for what in ("-m pytest -q", "src/run.py pretrain vanilla DATA/wiki.txt --max_epochs 1 --seed 0",
                  "bash bench/pipeline.sh perceiver DATA RESULTS/pipelines/perceiver --max_epochs 2",
-                 "bench/reference_curve.py", "bench/bench_speed.py --data_dir DATA --device cpu"):
+                 "bench/reference_curve.py", "bench/bench_speed.py --data_dir DATA --device cpu",
+                 "bench/bisect_default.py DATA/wiki.txt RESULTS/bisect --epochs 1 --device cpu --variants course "
+                 "--reference REF/ref_vanilla_course_s0.csv REF/ref_vanilla_course_s1.csv"):
         assert what in commands, commands
     assert str(tmp_path) not in commands
     assert read(results / "finished").startswith("finished ") and "exit 0" in read(results / "finished")

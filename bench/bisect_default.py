@@ -1,0 +1,182 @@
+"""
+Which of the default path's speed settings changes the handout's pretraining on
+this device: its first epochs under variants that differ from the failing one, or
+from the course's computation, in one setting each, all at once, with each one's
+per-epoch loss beside the reference curves.
+
+  python bench/bisect_default.py WIKI OUT [--epochs 50] [--device cuda] [--variants ...]
+      [--reference REF/ref_vanilla_course_s0.csv ...]
+
+Why: on an H100 the default path in bf16 never left the handout's loss plateau
+(2.59 at epoch 40 where the course's runs are at 2.35, 2.9 at epoch 50 against
+2.16: results/gpu/README.md), while the same settings on CPU did. Fifty epochs
+show it (a minute or two of a GPU), so a lent GPU can tell which setting does it.
+Each variant is run.py's pretraining of the vanilla model (same lr schedule, seed
+and data order; no checkpoints), in its own process, OUT/<variant>.csv holding
+its per-epoch mean loss (the references' columns) and OUT/<variant>.log its
+output; OUT/bisect.md the table, printed too. --variants picks some of:
+"""
+
+import argparse
+import csv
+import math
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+# each: (what it is, run.py's flags, the speed settings changed after run.py chose them for the device;
+# "explicit_attention": the model's attention computed as the course's, SDPA's kernels not used)
+VARIANTS = {
+    "course": ("--plain: the course's computation (float32, explicit attention, torch's AdamW, a DataLoader)",
+               ["--plain"], {}),
+    "default": ("the default path (--dtype auto: float32 on a GPU)", [], {}),
+    "bf16": ("the default path in bf16 (what failed on the H100)", ["--dtype", "bfloat16"], {}),
+    "bf16_explicit_attention": ("bf16, the course's explicit attention and nn.Dropout instead of SDPA's kernels",
+                                ["--dtype", "bfloat16"], {"explicit_attention": True}),
+    "bf16_dataloader": ("bf16, batches from the course's DataLoader instead of made on the device",
+                        ["--dtype", "bfloat16"], {"device_batches": False}),
+    "bf16_torch_adamw": ("bf16, torch's default AdamW instead of the fused kernel",
+                         ["--dtype", "bfloat16"], {"fused_adamw": False}),
+    "course_bf16": ("the course's computation under bf16 autocast, nothing else changed",
+                    ["--plain"], {"dtype": "bfloat16"}),
+}
+__doc__ += "".join(f"  {name:24} {what}\n" for name, (what, _, _) in VARIANTS.items())
+
+
+class LossLog:
+    """Stands in for a SummaryWriter: keeps train/loss, in step order."""
+
+    def __init__(self):
+        self.losses = []
+
+    def add_scalar(self, tag, value, step):
+        if tag == "train/loss":
+            self.losses.append(value)
+
+
+def train_variant(name, wiki, out, epochs, device, seed):
+    """One variant's pretraining; writes OUT/<name>.csv (pretrain, epoch, mean_loss, lr_after_epoch)."""
+    import dataset
+    import hardware
+    import run
+    import trainer
+    import utils
+    _, flags, changes = VARIANTS[name]
+    args = run.parse_args(["pretrain", "vanilla", wiki, "--writing_params_path", os.path.join(out, f"{name}.params"),
+                           "--max_epochs", str(epochs), "--device", device, "--seed", str(seed)] + flags)
+    device = hardware.pick_device(args.device)
+    utils.set_seed(args.seed)
+    with open(wiki, encoding="utf-8") as f:
+        ds = dataset.CharCorruptionDataset(f.read(), run.BLOCK_SIZE)
+    args.plain = args.plain or changes.get("explicit_attention", False)
+    gpt = run.build_model(args, ds.vocab_size).to(device)
+    args.plain = "--plain" in flags
+    args.corpus_sha256 = None
+    tconf = run.trainer_config(args, "pretrain", len(ds), len(ds), device, (0, 1))
+    for key, value in changes.items():
+        if key == "dtype":
+            value = hardware.pick_dtype(value, device)  # the emulated-bf16 fallback and its note, as run.py's
+        if key != "explicit_attention":
+            setattr(tconf, key, value)
+    tconf.ckpt_path = None
+    tconf.writer = LossLog()
+    print(f"{name}: {VARIANTS[name][0]}\n{device}, dtype {tconf.dtype}, sub_batches {tconf.sub_batches}, "
+          f"device_batches {tconf.device_batches}, fused_adamw {tconf.fused_adamw}, explicit attention "
+          f"{gpt.blocks[0].attn.plain}", flush=True)
+    t = trainer.Trainer(gpt, ds, None, tconf)
+    t.train()
+    per_epoch = math.ceil(len(ds) / tconf.batch_size)
+    losses = tconf.writer.losses
+    with open(os.path.join(out, f"{name}.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["phase", "epoch", "mean_loss", "lr_after_epoch"])
+        for e in range(len(losses) // per_epoch):
+            epoch_losses = losses[e * per_epoch:(e + 1) * per_epoch]
+            tokens = (e + 1) * len(ds) * run.BLOCK_SIZE
+            lr = tconf.learning_rate * trainer.lr_multiplier(tokens, tconf)
+            w.writerow(["pretrain", e + 1, f"{sum(epoch_losses) / per_epoch:.4f}", f"{lr:.2e}"])
+
+
+def table(out, names, references, epochs):
+    """The per-epoch losses of the variants that finished beside the references, and each one's gap to them."""
+    from reference_curve import read_reference
+    curves = {}
+    for name in names:
+        path = os.path.join(out, f"{name}.csv")
+        if os.path.exists(path):
+            curves[name] = read_reference(path)
+    refs = {os.path.splitext(os.path.basename(p))[0]: read_reference(p) for p in references}
+    shown = sorted({e for e in range(10, epochs + 1, 10)} | {epochs})
+    header = ["epoch"] + list(curves) + list(refs)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for e in shown:
+        cells = [f"{c[e]:.3f}" if e in c else "" for c in (*curves.values(), *refs.values())]
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, curve in curves.items():
+        last = max(curve)
+        at_last = [r[last] for r in refs.values() if last in r]
+        if at_last:
+            gap = curve[last] - sum(at_last) / len(at_last)
+            # the course's runs fall 0.3 from epoch 40 to 50; a run on the plateau stays 0.4 and more above
+            verdict = "with the references" if gap < 0.15 else "**off the references' curve**"
+            lines.append(f"- {name}: epoch {last} loss {curve[last]:.3f}, {gap:+.3f} from the references' mean: "
+                         f"{verdict}")
+    missing = [n for n in names if n not in curves]
+    if missing:
+        lines.append(f"- did not finish (see their .log): {', '.join(missing)}")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "bisect.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+def main():
+    argp = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argp.add_argument("wiki")
+    argp.add_argument("out")
+    argp.add_argument("--epochs", type=int, default=50)
+    argp.add_argument("--device", default="cuda")
+    argp.add_argument("--seed", type=int, default=0)
+    argp.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    argp.add_argument("--jobs", type=int, default=0, help="variants at once (default: all on a GPU, 1 on CPU)")
+    argp.add_argument("--reference", nargs="*", default=[], help="reference CSVs (../shared/reference)")
+    argp.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the child process: this one variant
+    args = argp.parse_args()
+    if args.one:
+        train_variant(args.one, args.wiki, args.out, args.epochs, args.device, args.seed)
+        return
+    os.makedirs(args.out, exist_ok=True)
+    jobs = args.jobs or (len(args.variants) if args.device.startswith("cuda") else 1)
+    env = dict(os.environ)
+    if jobs > 1 and not args.device.startswith("cuda"):
+        env.setdefault("OMP_NUM_THREADS", "1")  # CPU processes side by side: their threads would spin
+    waiting, running, failed = list(args.variants), {}, []
+    start = time.time()
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            name = waiting.pop(0)
+            log = open(os.path.join(args.out, f"{name}.log"), "w")
+            cmd = [sys.executable, os.path.abspath(__file__), args.wiki, args.out, "--epochs", str(args.epochs),
+                   "--device", args.device, "--seed", str(args.seed), "--one", name]
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        time.sleep(0.5)
+        for name, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[name]
+                if proc.returncode:
+                    failed.append(name)
+                print(f"[{time.time() - start:.0f} s] {name}: exit {proc.returncode}", flush=True)
+    print(table(args.out, args.variants, args.reference, args.epochs), end="")
+    if failed:
+        sys.exit(f"bisect_default.py: failed: {', '.join(failed)} (their logs: {args.out}/<variant>.log)")
+
+
+if __name__ == "__main__":
+    main()
