@@ -69,7 +69,7 @@ def train_variant(name, wiki, out, epochs, device, seed):
     _, flags, changes = VARIANTS[name]
     args = run.parse_args(["pretrain", "vanilla", wiki, "--writing_params_path", os.path.join(out, f"{name}.params"),
                            "--max_epochs", str(epochs), "--device", device, "--seed", str(seed)] + flags)
-    device = hardware.pick_device(args.device)
+    device, _ = hardware.setup_distributed(hardware.pick_device(args.device))  # as run.py: one process
     utils.set_seed(args.seed)
     with open(wiki, encoding="utf-8") as f:
         ds = dataset.CharCorruptionDataset(f.read(), run.BLOCK_SIZE)

@@ -66,6 +66,10 @@ fi
 export PYTHON
 PY="$PYTHON"
 
+state() {  # the state of stage $2 in results folder $1 (ok, skipped, FAILED, running, waiting), or nothing
+  cut -d' ' -f1 "$1/stages/$2.status" 2>/dev/null
+}
+
 results_dirs() {  # the results folders in $1: $1 itself, or its subfolders that have stages/
   if [ -d "$1/stages" ]; then echo "$1"; return; fi
   local d
@@ -97,7 +101,7 @@ pack() {  # DEST ROOT FINAL: each results folder as DEST/gpu_check_<card>.tgz (n
       # 64 MiB come back in all), so that a later session can carry it back and resume
       rm -f "$dest"/*.part[0-9]
       for v in vanilla perceiver; do
-        if [ ! -f "$r/stages/$v.status" ] || [ "$(cut -d' ' -f1 "$r/stages/$v.status")" = ok ]; then continue; fi
+        case $(state "$r" $v) in ""|ok) continue ;; esac
         s=$(state_file "$r/pipelines/$v" "$v")
         if [ -n "$s" ]; then split -b 15M -d -a 1 "$s" "$dest/$(basename "$s").part"; break; fi
       done
@@ -281,7 +285,7 @@ echo "# $(date -u '+%F %T') UTC: DEVICE=$DEVICE STAGES=\"$STAGES\" bash bench/gp
   >> "$R/commands.txt"
 
 selected() { [[ " $STAGES " == *" $1 "* ]]; }
-done_ok() { [ "$(cut -d' ' -f1 "$R/stages/$1.status" 2>/dev/null)" = ok ]; }
+done_ok() { [ "$(state "$R" "$1")" = ok ]; }
 for s in $STAGES; do done_ok "$s" || echo waiting > "$R/stages/$s.status"; done
 
 stage() {  # NAME LIMIT: bash gpu_check.sh --stage NAME within LIMIT seconds (0: none); its status in stages/
@@ -315,7 +319,7 @@ if selected bench; then stage bench 1800; fi
 
 failed=()
 for s in $STAGES; do
-  case $(cut -d' ' -f1 "$R/stages/$s.status") in ok|skipped) ;; *) failed+=("$s") ;; esac
+  case $(state "$R" "$s") in ok|skipped) ;; *) failed+=("$s") ;; esac
 done
 if [ ${#failed[@]} -eq 0 ]; then
   echo "finished $(date -u '+%F %T') UTC: exit 0, every stage ok (or skipped with a note)" > "$R/finished"
