@@ -1,4 +1,6 @@
 """Interrupted runs resume exactly; bad input gets one clear line and a non-zero exit."""
+import contextlib
+import io
 import os
 import random
 import re
@@ -14,6 +16,7 @@ import torch
 import dataset
 import inputs
 import model
+import run
 import trainer
 import utils
 from conftest import ROOT, small_config
@@ -33,8 +36,29 @@ def corpus(tmp_path):
     return tmp_path
 
 
-def cli(args, cwd, **kw):
-    return subprocess.run([sys.executable, RUN] + args, cwd=cwd, capture_output=True, text=True, **kw)
+def cli(args, cwd):
+    """
+    run.py ARGS in folder cwd, in this process (a new one would spend seconds importing torch): its
+    exit status, stdout and stderr, as subprocess.run gives them. cli_process runs a real process,
+    for what only one shows: the interpreter's own tracebacks and warnings, signals, resource limits.
+    """
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            run.main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")  # what the interpreter prints for sys.exit("...")
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def cli_process(args, cwd):
+    return subprocess.run([sys.executable, RUN] + args, cwd=cwd, capture_output=True, text=True)
 
 
 # ---------------------------------------------------------------- resuming
@@ -247,7 +271,8 @@ def evaluate(corpus, variant="vanilla", params="vanilla.params", eval_path="trai
 
 
 def test_missing_file(corpus):
-    one_clean_line(cli(["pretrain", "vanilla", "nope.txt", "--writing_params_path", "p"], corpus),
+    # in a real process once: the exit status and the one line a user sees, nothing else on stderr
+    one_clean_line(cli_process(["pretrain", "vanilla", "nope.txt", "--writing_params_path", "p"], corpus),
                    "nope.txt", "no such file")
 
 
