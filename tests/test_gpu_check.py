@@ -156,16 +156,16 @@ def dropped_attention_weights(attend, q, k, seed):
     The weights (B, nh, Tq, Tk), after dropout, with which attend(q, k, v) combines v under the
     dropout mask that `seed` gives: read back with v = blocks of the identity, one call each, the
     generator reseeded before each (dropout inside SDPA's kernels draws from it, as nn.Dropout does).
+    Each v is laid out as k and needs a gradient as q does: SDPA picks its kernel by them.
     """
     B, nh, _, hs = q.shape
     Tk = k.size(-2)
     eye = torch.eye(Tk, device=q.device, dtype=q.dtype)
     blocks = []
     for j in range(0, Tk, hs):
-        v = eye[:, j:j + hs].expand(B, nh, Tk, hs)
+        v = torch.empty_like(k).copy_(eye[:, j:j + hs].expand(B, nh, Tk, hs)).requires_grad_(q.requires_grad)
         torch.manual_seed(seed)
-        with torch.no_grad():
-            blocks.append(attend(q, k, v))
+        blocks.append(attend(q, k, v).detach())
     return torch.cat(blocks, dim=-1)[..., :Tk]
 
 
@@ -193,7 +193,8 @@ def test_attention_dropout_backward_uses_the_forwards_mask(device, backend, dtyp
     def sdpa(q, k, v):  # the call attend makes on a GPU, under sdpa_kernel: with the one kernel allowed
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1, is_causal=True)
     attend = attn.attend if backend is None else sdpa
-    q, k, v, g = (torch.randn(2, 8, 128, 32, device=device).to(dtype) for _ in range(4))
+    # laid out as attend's inputs in training: (B, T, nh, hs) projections seen as (B, nh, T, hs)
+    q, k, v, g = (torch.randn(2, 128, 8, 32, device=device).to(dtype).transpose(1, 2) for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
         try:
