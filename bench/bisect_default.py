@@ -10,7 +10,9 @@ per-epoch loss beside the reference curves.
 Why: on an H100 the default path in bf16 never left the handout's loss plateau
 (2.59 at epoch 40 where the course's runs are at 2.35, 2.9 at epoch 50 against
 2.16: results/gpu/README.md), while the same settings on CPU did. Fifty epochs
-show it (a minute or two of a GPU), so a lent GPU can tell which setting does it.
+show it: 1,150 steps a variant, about 30 s at the 41 steps/s one pipeline ran
+alone there (seven at once: not timed yet), so a lent GPU can tell which setting
+does it.
 Each variant is run.py's pretraining of the vanilla model (same lr schedule, seed
 and data order; no checkpoints), in its own process, OUT/<variant>.csv holding
 its per-epoch mean loss (the references' columns) and OUT/<variant>.log its

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ["tests", "bisect", "same_seed", "vanilla", "perceiver", "bench"]
 WHAT = {
     "tests": "CUDA-only tests (pytest -k cuda)",
-    "bisect": "first epochs, one setting changed a variant",
+    "bisect": "first pretraining epochs, one setting changed per variant",
     "same_seed": "two same-seed runs, same params?",
     "vanilla": "handout pipeline, vanilla",
     "perceiver": "handout pipeline, perceiver m=64",

@@ -35,9 +35,9 @@
 # stages/NAME.status to redo one), and the pipelines resume from their checkpoints.
 #
 # Knobs (environment): DEVICE (cuda; cpu for a tiny check), STAGES (all six), PRETRAIN_EPOCHS
-# (the handout's), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BISECT_EPOCHS (50), BISECT_VARIANTS
-# (all of bisect_default.py's), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10 --compile"), PYTHON (.venv's if there, else python3), WHEELS (.whl: pytest's wheels, used if pytest
-# is missing).
+# (the handout's), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BISECT_EPOCHS (50),
+# BISECT_VARIANTS (all of bisect_default.py's), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10 --compile"),
+# PYTHON (.venv's if there, else python3), WHEELS (.whl: pytest's wheels, used if pytest is missing).
 # A tiny run on CPU, as tests/test_gpu_check.py makes it:
 #   DEVICE=cpu PRETRAIN_EPOCHS=2 FINETUNE_EPOCHS=1 SEED_EPOCHS=1 BISECT_EPOCHS=1 BISECT_VARIANTS=course \
 #     BENCH_ARGS="--reps 1 --rows 2 --questions 2" bash bench/gpu_check.sh data ../shared/reference /tmp/gpu
