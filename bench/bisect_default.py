@@ -11,7 +11,7 @@ Why: on an H100 the default path in bf16 never left the handout's loss plateau
 (2.59 at epoch 40 where the course's runs are at 2.35, 2.9 at epoch 50 against
 2.16: results/gpu/README.md), while the same settings on CPU did. Fifty epochs
 show it: 1,150 steps a variant, about 30 s at the 41 steps/s one pipeline ran
-alone there (seven at once: not timed yet), so a lent GPU can tell which setting
+alone there (eight at once: not timed yet), so a lent GPU can tell which setting
 does it.
 Each variant is run.py's pretraining of the vanilla model (same lr schedule, seed
 and data order; no checkpoints), in its own process, OUT/<variant>.csv holding
@@ -46,6 +46,8 @@ VARIANTS = {
                          ["--dtype", "bfloat16"], {"fused_adamw": False}),
     "course_bf16": ("the course's computation under bf16 autocast, nothing else changed",
                     ["--plain"], {"dtype": "bfloat16"}),
+    "default_compiled": ("the default path compiled (--compile: CUDA graphs on a GPU), the GPU default's candidate",
+                         ["--compile"], {}),
 }
 __doc__ += "".join(f"  {name:24} {what}\n" for name, (what, _, _) in VARIANTS.items())
 
@@ -89,7 +91,7 @@ def train_variant(name, wiki, out, epochs, device, seed):
     tconf.writer = LossLog()
     print(f"{name}: {VARIANTS[name][0]}\n{device}, dtype {tconf.dtype}, sub_batches {tconf.sub_batches}, "
           f"device_batches {tconf.device_batches}, fused_adamw {tconf.fused_adamw}, explicit attention "
-          f"{gpt.blocks[0].attn.plain}", flush=True)
+          f"{gpt.blocks[0].attn.plain}, compile {tconf.compile}", flush=True)
     t = trainer.Trainer(gpt, ds, None, tconf)
     t.train()
     per_epoch = math.ceil(len(ds) / tconf.batch_size)

@@ -20,7 +20,7 @@
 #             in float32 and bf16, attention dropout's forward and backward against one mask for
 #             each of SDPA's kernels, the decoding layouts on the GPU), beside the pipelines: not timings
 #   bisect    bench/bisect_default.py: the first BISECT_EPOCHS pretraining epochs under variants
-#             that change one setting each (bf16, SDPA's kernels, device-made batches, fused AdamW),
+#             that change one setting each (bf16, SDPA's kernels, device-made batches, fused AdamW, --compile),
 #             all at once, beside the reference curves: which setting keeps the handout's
 #             pretraining on its plateau, as the bf16 default did on an H100 (bisect/bisect.md)
 #   same_seed two `run.py pretrain vanilla --max_epochs 2 --seed 0` at once, beside the

@@ -288,12 +288,12 @@ def test_bisect_default_changes_one_setting_per_variant(tmp_path, monkeypatch, c
         c = self.config
         made[name] = dict(dtype=c.dtype, fused_adamw=c.fused_adamw, sub_batches=c.sub_batches,
                           device_batches=c.device_batches, log_every=c.log_every, ckpt=c.ckpt_path,
-                          explicit=self.raw_model.blocks[0].attn.plain)
+                          explicit=self.raw_model.blocks[0].attn.plain, compiled=self.model is not self.raw_model)
     monkeypatch.setattr(trainer.Trainer, "train", train)
     for name in bisect_default.VARIANTS:
         bisect_default.train_variant(name, os.path.join(DATA, "wiki.txt"), str(tmp_path), 1, "cpu", 0)
     assert made["default"] == dict(dtype="float32", fused_adamw=True, sub_batches=1, device_batches=True,
-                                   log_every=25, ckpt=None, explicit=False)
+                                   log_every=25, ckpt=None, explicit=False, compiled=False)
 
     def changed(a, b):
         return {k for k in made[a] if made[a][k] != made[b][k]}
@@ -304,6 +304,7 @@ def test_bisect_default_changes_one_setting_per_variant(tmp_path, monkeypatch, c
     assert changed("bf16_torch_adamw", "bf16") == {"fused_adamw"}
     assert changed("course", "default") == {"fused_adamw", "device_batches", "explicit"}
     assert changed("course_bf16", "course") == bf16
+    assert changed("default_compiled", "default") == {"compiled"}
 
 
 def test_bisect_default_tabulates_each_variant_beside_the_references(tmp_path):
