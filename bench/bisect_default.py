@@ -20,8 +20,6 @@ output; OUT/bisect.md the table, printed too. --variants picks some of:
 """
 
 import argparse
-import csv
-import math
 import os
 import subprocess
 import sys
@@ -52,15 +50,14 @@ VARIANTS = {
 __doc__ += "".join(f"  {name:24} {what}\n" for name, (what, _, _) in VARIANTS.items())
 
 
-class LossLog:
-    """Stands in for a SummaryWriter: keeps train/loss, in step order."""
+class ScalarLog:
+    """Stands in for a SummaryWriter: keeps each tag's values (train/loss, train/lr), in step order."""
 
     def __init__(self):
-        self.losses = []
+        self.values = {}
 
     def add_scalar(self, tag, value, step):
-        if tag == "train/loss":
-            self.losses.append(value)
+        self.values.setdefault(tag, []).append(value)
 
 
 def train_variant(name, wiki, out, epochs, device, seed):
@@ -70,16 +67,17 @@ def train_variant(name, wiki, out, epochs, device, seed):
     import run
     import trainer
     import utils
+    from reference_curve import epoch_rows, write_csv
     _, flags, changes = VARIANTS[name]
     args = run.parse_args(["pretrain", "vanilla", wiki, "--writing_params_path", os.path.join(out, f"{name}.params"),
                            "--max_epochs", str(epochs), "--device", device, "--seed", str(seed)] + flags)
     device, _ = hardware.setup_distributed(hardware.pick_device(args.device))  # as run.py: one process
     utils.set_seed(args.seed)
-    with open(wiki, encoding="utf-8") as f:
-        ds = dataset.CharCorruptionDataset(f.read(), run.BLOCK_SIZE)
-    args.plain = args.plain or changes.get("explicit_attention", False)
-    gpt = run.build_model(args, ds.vocab_size).to(device)
-    args.plain = "--plain" in flags
+    ds = dataset.CharCorruptionDataset(run.read_text(wiki), run.BLOCK_SIZE)
+    # the model's plain: the course's attention and nn.Dropout; the trainer's stays --plain's
+    explicit = argparse.Namespace(**vars(args))
+    explicit.plain = args.plain or changes.get("explicit_attention", False)
+    gpt = run.build_model(explicit, ds.vocab_size).to(device)
     args.corpus_sha256 = None
     tconf = run.trainer_config(args, "pretrain", len(ds), len(ds), device, (0, 1))
     for key, value in changes.items():
@@ -88,40 +86,27 @@ def train_variant(name, wiki, out, epochs, device, seed):
         if key != "explicit_attention":
             setattr(tconf, key, value)
     tconf.ckpt_path = None
-    tconf.writer = LossLog()
+    tconf.writer = ScalarLog()
     print(f"{name}: {VARIANTS[name][0]}\n{device}, dtype {tconf.dtype}, sub_batches {tconf.sub_batches}, "
           f"device_batches {tconf.device_batches}, fused_adamw {tconf.fused_adamw}, explicit attention "
           f"{gpt.blocks[0].attn.plain}, compile {tconf.compile}", flush=True)
     t = trainer.Trainer(gpt, ds, None, tconf)
     t.train()
-    per_epoch = math.ceil(len(ds) / tconf.batch_size)
-    losses = tconf.writer.losses
-    with open(os.path.join(out, f"{name}.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["phase", "epoch", "mean_loss", "lr_after_epoch"])
-        for e in range(len(losses) // per_epoch):
-            epoch_losses = losses[e * per_epoch:(e + 1) * per_epoch]
-            tokens = (e + 1) * len(ds) * run.BLOCK_SIZE
-            lr = tconf.learning_rate * trainer.lr_multiplier(tokens, tconf)
-            w.writerow(["pretrain", e + 1, f"{sum(epoch_losses) / per_epoch:.4f}", f"{lr:.2e}"])
+    logged = tconf.writer.values
+    write_csv(epoch_rows(logged.get("train/loss", []), logged.get("train/lr", []), t.total_steps() // epochs),
+              os.path.join(out, f"{name}.csv"))
 
 
 def table(out, names, references, epochs):
     """The per-epoch losses of the variants that finished beside the references, and each one's gap to them."""
-    from reference_curve import read_reference
+    from reference_curve import read_reference, side_by_side
     curves = {}
     for name in names:
         path = os.path.join(out, f"{name}.csv")
         if os.path.exists(path):
             curves[name] = read_reference(path)
     refs = {os.path.splitext(os.path.basename(p))[0]: read_reference(p) for p in references}
-    shown = sorted({e for e in range(10, epochs + 1, 10)} | {epochs})
-    header = ["epoch"] + list(curves) + list(refs)
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for e in shown:
-        cells = [f"{c[e]:.3f}" if e in c else "" for c in (*curves.values(), *refs.values())]
-        lines.append(f"| {e} | " + " | ".join(cells) + " |")
-    lines.append("")
+    lines = side_by_side({**curves, **refs}, epochs) + [""]
     for name, curve in curves.items():
         last = max(curve)
         at_last = [r[last] for r in refs.values() if last in r]

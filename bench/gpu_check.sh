@@ -155,6 +155,12 @@ if [ "${1:-}" = --stage ]; then
     echo "$line" >> "$R/commands.txt"
     "$@"
   }
+  reference_args() {  # ref_args=(--reference the course-rule reference curves of variant $1), or none
+    local f refs=()
+    for f in "$GC_REF"/ref_"$1"_course_s*.csv; do if [ -f "$f" ]; then refs+=("$f"); fi; done
+    ref_args=()
+    if [ ${#refs[@]} -gt 0 ]; then ref_args=(--reference "${refs[@]}"); fi
+  }
   case $stage in
     tests)
       if ! "$PY" -c "import pytest" 2>/dev/null; then
@@ -209,11 +215,10 @@ if [ "${1:-}" = --stage ]; then
       cat "$R/same_seed.txt"
       ;;
     bisect)
-      refs=()
-      for f in "$GC_REF"/ref_vanilla_course_s*.csv; do if [ -f "$f" ]; then refs+=("$f"); fi; done
+      reference_args vanilla
       # shellcheck disable=SC2086  # BISECT_VARIANTS is a list of names
       cmd "$PY" "$here/bench/bisect_default.py" "$GC_DATA/wiki.txt" "$R/bisect" --epochs "$BISECT_EPOCHS" \
-        --device "$DEVICE" ${BISECT_VARIANTS:+--variants $BISECT_VARIANTS} --reference "${refs[@]}"
+        --device "$DEVICE" ${BISECT_VARIANTS:+--variants $BISECT_VARIANTS} "${ref_args[@]}"
       ;;
     vanilla|perceiver)
       p="$R/pipelines/$stage"
@@ -225,10 +230,7 @@ if [ "${1:-}" = --stage ]; then
       [ $rc = 0 ] || exit $rc
       run_dir=$(ls -d "$p"/expt/pretrain/*/ | head -n 1)
       per_epoch=$("$PY" "$helper" steps_per_epoch "$GC_DATA/wiki.txt" 128) || exit 1
-      refs=()
-      for f in "$GC_REF"/ref_"${stage}"_course_s*.csv; do if [ -f "$f" ]; then refs+=("$f"); fi; done
-      ref_args=()
-      if [ ${#refs[@]} -gt 0 ]; then ref_args=(--reference "${refs[@]}"); fi
+      reference_args "$stage"
       cmd "$PY" "$here/bench/reference_curve.py" "${run_dir%/}" "$R/loss_$stage" --steps_per_epoch "$per_epoch" \
         --label "this project, default path" "${ref_args[@]}" > "$R/loss_$stage.md" || exit 1
       tail -n 3 "$R/loss_$stage.md"
@@ -253,7 +255,10 @@ trap 'rm -f "$ROOT/gpu_check.pid"' EXIT
 export DEVICE=${DEVICE:-cuda}
 STAGES=${STAGES:-tests bisect same_seed vanilla perceiver bench}
 for s in $STAGES; do
-  case $s in tests|bisect|same_seed|vanilla|perceiver|bench) ;; *) echo "gpu_check.sh: unknown stage $s" >&2; exit 2 ;; esac
+  case $s in
+    tests|bisect|same_seed|vanilla|perceiver|bench) ;;
+    *) echo "gpu_check.sh: unknown stage $s" >&2; exit 2 ;;
+  esac
 done
 card=$("$PY" "$helper" card "$DEVICE") || exit 1
 R="$ROOT/$card"

@@ -28,15 +28,38 @@ def per_epoch(run_dir, steps_per_epoch):
     _, lr = scalars(run_dir, "train/lr")
     if not loss:
         raise SystemExit(f"reference_curve.py: error: {run_dir}: no train/loss scalars")
+    return epoch_rows(loss, lr, steps_per_epoch)
+
+
+def epoch_rows(loss, lr, steps_per_epoch):
+    """[(epoch, mean loss, lr after the epoch's last step)] of the complete epochs of per-step loss and lr."""
     complete = len(loss) // steps_per_epoch
     means = block_means(loss[:complete * steps_per_epoch], steps_per_epoch)
     return [(e + 1, m, lr[(e + 1) * steps_per_epoch - 1]) for e, m in enumerate(means)]
+
+
+def write_csv(rows, path):
+    """rows (epoch_rows) in the references' columns."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["phase", "epoch", "mean_loss", "lr_after_epoch"])
+        w.writerows(["pretrain", e, f"{l:.4f}", f"{lr:.2e}"] for e, l, lr in rows)
 
 
 def read_reference(path):
     """{epoch: mean loss} of the pretraining rows of a reference CSV."""
     with open(path, newline="") as f:
         return {int(r["epoch"]): float(r["mean_loss"]) for r in csv.DictReader(f) if r["phase"] == "pretrain"}
+
+
+def side_by_side(curves, last):
+    """Markdown rows of curves ({name: {epoch: loss}}) at epochs 10, 20, ... and last; blank where one has none."""
+    header = ["epoch"] + list(curves)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for e in list(range(10, last + 1, 10)) + ([last] if last % 10 else []):
+        cells = [f"{c[e]:.3f}" if e in c else "" for c in curves.values()]
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main():
@@ -51,19 +74,10 @@ def main():
     if not rows:
         raise SystemExit(f"reference_curve.py: error: {args.run_dir}: not one complete epoch of "
                          f"{args.steps_per_epoch} steps")
-    with open(args.out + ".csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["phase", "epoch", "mean_loss", "lr_after_epoch"])
-        w.writerows(["pretrain", e, f"{l:.4f}", f"{lr:.2e}"] for e, l, lr in rows)
-    last = rows[-1][0]
+    write_csv(rows, args.out + ".csv")
     refs = {os.path.splitext(os.path.basename(p))[0]: read_reference(p) for p in args.reference}
     plotted = plot(rows, refs, args.label, args.out + ".png")
-    header = ["epoch", args.label] + list(refs)
-    print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
-    ours = {e: l for e, l, _ in rows}
-    for e in list(range(10, last + 1, 10)) + ([last] if last % 10 else []):
-        cells = [f"{ours[e]:.3f}"] + [f"{ref[e]:.3f}" if e in ref else "" for ref in refs.values()]
-        print(f"| {e} | " + " | ".join(cells) + " |")
+    print("\n".join(side_by_side({args.label: {e: l for e, l, _ in rows}, **refs}, rows[-1][0])))
     print(f"wrote {args.out}.csv" + (f" and {args.out}.png" if plotted else " (no matplotlib here: no .png)"))
 
 

@@ -61,7 +61,8 @@ def parse_args(argv=None):
     argp.add_argument("--final_epochs", type=float, default=200,
                       help="epochs at which the lr cosine reaches its floor (final_tokens = final_epochs x "
                            "corpus lines x block_size; handout: 200)")
-    argp.add_argument("--seed", type=int, default=0, help="random seed: on CPU the same seed gives the same params (not on a GPU: atomic adds)")
+    argp.add_argument("--seed", type=int, default=0,
+                      help="random seed: on CPU the same seed gives the same params (not on a GPU: atomic adds)")
     argp.add_argument("--shuffle", action="store_true",
                       help="a new order of the training rows every epoch (the course's loader keeps file order)")
     argp.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
