@@ -1,13 +1,20 @@
 """
-Causal self-attention and causal cross-attention, as in the course's minGPT fork.
+Causal self-attention and causal cross-attention, as in the course's minGPT fork,
+and the 2024-25 course's rotary position embeddings (config.rope).
 
 Both modules keep the course's parameter names (key, query, value, proj) and its
-`mask` buffer, so params files move between this project and the course code.
-With config.plain the computation is the course's: the explicit (T x T) score
-tensor, masked_fill, softmax, nn.Dropout. Otherwise the same function is computed
-faster: on a GPU by torch's scaled_dot_product_attention (flash kernels, dropout
-inside), on CPU explicitly with a cheaper dropout mask (fast_dropout.py), which
-measured faster there than SDPA (results/README.md, "Speed notes").
+`mask` buffer (and, with rope, its `rope_cache`), so params files move between this
+project and the course code.
+Wherever dropout is active in training, attention is the course's computation on
+every device: the explicit (T x T) score tensor, masked_fill, softmax, dropout (on
+CPU with a cheaper mask, fast_dropout.py). torch's scaled_dot_product_attention
+(SDPA) computes it only where no dropout applies, off the CPU: evaluation and
+decoding. Why: the one full GPU pretraining that trained with SDPA's dropout (bf16,
+an H100) never left the loss plateau; some of its kernels round p, and one
+(cuDNN's) has an open loss-explosion report (results/gpu/README.md). On CPU the
+explicit computation measured faster than SDPA (results/README.md, "Speed notes").
+config.attention = "sdpa" forces SDPA, dropout inside, everywhere (the GPU check's
+bisect, and tests of that branch on CPU); "explicit" never uses it.
 """
 
 import math
@@ -17,6 +24,36 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from fast_dropout import dropout
+
+
+def precompute_rotary_emb(dim, max_positions):
+    """
+    RoPE's angles, as the 2024 course caches them: a (max_positions, dim / 2, 2) tensor
+    whose [t, i - 1] holds cos and sin of t * theta_i, theta_i = 10000^(-2(i - 1) / dim),
+    i = 1 .. dim / 2.
+    """
+    theta = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = torch.arange(max_positions, dtype=torch.float32)[:, None] * theta[None, :]
+    return torch.stack((torch.cos(angles), torch.sin(angles)), dim=-1)
+
+
+def apply_rotary_emb(x, rope_cache):
+    """x (..., T, hs) with each feature pair (2i, 2i + 1) at position t rotated by t * theta_i
+    (the cache truncated to the sequence's T positions)."""
+    return rotate(x, rope_cache[:x.size(-2)])
+
+
+def rotate(x, angles):
+    """
+    x (..., T, hs) rotated pair by pair by angles (..., T, hs / 2, 2) of cos and sin:
+    (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos). Written as x * cos + swap(x) * sin,
+    swap(x) the pairs swapped (x1, x0) and sin signed (-sin, sin): four kernels, not
+    the seven of taking the pairs apart and stacking them again.
+    """
+    cos = angles[..., 0].repeat_interleave(2, dim=-1)
+    sin = torch.stack((-angles[..., 1], angles[..., 1]), dim=-1).flatten(-2)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (x * cos + swapped * sin).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -42,6 +79,12 @@ class CausalSelfAttention(nn.Module):
                              .view(1, 1, config.block_size, config.block_size))
         self.n_head = config.n_head
         self.plain = getattr(config, "plain", False)
+        self.attention = "explicit" if self.plain else getattr(config, "attention", "auto")
+        self.rope = getattr(config, "rope", False)
+        if self.rope:
+            assert (config.n_embd // config.n_head) % 2 == 0, "RoPE rotates pairs of features: the head size must be even"
+            # persistent, as the 2024 course's: its params files carry this buffer
+            self.register_buffer("rope_cache", precompute_rotary_emb(config.n_embd // config.n_head, config.block_size))
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()
@@ -50,6 +93,12 @@ class CausalSelfAttention(nn.Module):
         k = self.key(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = self.query(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = self.value(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.rope:
+            if kv_cache is None:
+                q, k = apply_rotary_emb(q, self.rope_cache), apply_rotary_emb(k, self.rope_cache)
+            else:  # each row's angles at its own position numbers (decoding.py)
+                angles = kv_cache.rope_angles(self.rope_cache, T)
+                q, k = rotate(q, angles), rotate(k, angles)
         mask = None
         if kv_cache is not None:
             # decoding (decoding.py): x holds only the new positions; the earlier ones' keys and
@@ -69,8 +118,8 @@ class CausalSelfAttention(nn.Module):
         (B, nh, Tk, hs). mask (1 or B, 1, Tq, Tk) says which keys each query sees; None: the
         course's mask[:Tq, :Tk], query i sees keys 0..i.
         """
-        if not self.plain and q.device.type != "cpu":
-            dropout_p = self.attn_drop.p if self.training else 0.0
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        if self.attention == "sdpa" or (self.attention == "auto" and dropout_p == 0 and q.device.type != "cpu"):
             if mask is None:
                 # is_causal is top-left aligned like the course's mask, and lets CUDA use flash kernels
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)

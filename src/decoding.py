@@ -2,10 +2,10 @@
 Greedy decoding of many prompts at once, which `run.py evaluate` uses: the same
 predictions as the course's one prompt at a time with utils.sample (tests check
 every layout), many times faster (results/README.md, "Speed notes").
-- The vanilla model keeps each layer's keys and values in a KVCache, so each
-  step computes only the new position; prompts of different lengths share a
-  batch left-padded, the cache masking the padding and numbering positions
-  from each row's own start.
+- The vanilla model (and RoPE's) keeps each layer's keys and values in a
+  KVCache, so each step computes only the new position; prompts of different
+  lengths share a batch left-padded, the cache masking the padding and
+  numbering positions (RoPE's angles too) from each row's own start.
 - The Perceiver's bottleneck has no per-position cache: it recomputes every
   position, right-padded, each row's logits read at its own last position
   (the model is causal, so the padding after it changes nothing).
@@ -34,6 +34,12 @@ class KVCache:
         p = torch.arange(self.length, self.length + t, device=self.pad.device)
         return (p[None, :] - self.pad[:, None]).clamp(min=0)
 
+    def rope_angles(self, rope_cache, t):
+        """RoPE's angles (attention.rotate) of the next t positions: (t, hs/2, 2), or (B, 1, t, hs/2, 2) by row."""
+        if self.pad is None:
+            return rope_cache[self.length:self.length + t]
+        return rope_cache[self.positions(t)][:, None]
+
     def update(self, layer, k, v):
         """The layer's keys and values with the new positions' appended, and the new queries' mask."""
         if layer in self.kv:
@@ -60,8 +66,10 @@ def forward_cached(model, idx, cache):
     with each block's attention handed the cache.
     """
     t0, t = cache.length, idx.size(1)
-    pos = model.pos_emb[:, t0:t0 + t, :] if cache.pad is None else model.pos_emb[0, cache.positions(t)]
-    x = model.drop(model.tok_emb(idx) + pos)
+    x = model.tok_emb(idx)
+    if not model.rope:  # RoPE's positions are the attention's (KVCache.rope_angles)
+        x = x + (model.pos_emb[:, t0:t0 + t, :] if cache.pad is None else model.pos_emb[0, cache.positions(t)])
+    x = model.drop(x)
     for block in model.blocks:
         x = x + block.attn(block.ln1(x), cache)
         x = x + block.mlp(block.ln2(x))

@@ -1,6 +1,7 @@
 """
 GPT model, as in the course's minGPT fork:
-- the initial stem: a token embedding plus a learned position embedding
+- the initial stem: a token embedding plus a learned position embedding (or, with
+  config.rope, the 2024-25 course's variant, none: attention rotates q and k by position)
 - a stack of Transformer blocks (or, for the Perceiver variant, a DownProjectBlock,
   blocks on the bottleneck, and an UpProjectBlock)
 - a final LayerNorm and a linear decoder to the vocabulary
@@ -23,7 +24,9 @@ class GPTConfig:
     attn_pdrop = 0.1
     perceiver = False
     bottleneck_dim = None
+    rope = False  # the 2024-25 course's rotary position embeddings instead of pos_emb
     plain = False  # True: the course's computation (explicit attention, nn.Dropout), for comparison
+    attention = "auto"  # where SDPA computes attention (attention.py): auto, sdpa or explicit
 
     def __init__(self, vocab_size, block_size, **kwargs):
         self.vocab_size = vocab_size
@@ -103,7 +106,10 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_emb = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
+        self.rope = getattr(config, "rope", False)
+        assert not (self.rope and config.perceiver), "RoPE is the 2024 course's vanilla model's, not the Perceiver's"
+        if not self.rope:
+            self.pos_emb = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
         self.drop = dropout(config.embd_pdrop, config)
 
         self.perceiver = config.perceiver
@@ -142,8 +148,11 @@ class GPT(nn.Module):
 
         # forward the GPT model
         token_embeddings = self.tok_emb(idx)  # each index maps to a (learnable) vector
-        position_embeddings = self.pos_emb[:, :t, :]  # each position maps to a (learnable) vector
-        x_input = self.drop(token_embeddings + position_embeddings)
+        if self.rope:
+            x_input = self.drop(token_embeddings)  # positions enter as rotations of q and k
+        else:
+            position_embeddings = self.pos_emb[:, :t, :]  # each position maps to a (learnable) vector
+            x_input = self.drop(token_embeddings + position_embeddings)
 
         if self.perceiver:
             x = self.down_block(x_input)

@@ -26,19 +26,24 @@ BLOCK_SIZE = 128
 
 # The handout's hyperparameters, by phase (the flags beyond the course's can change them). Every
 # phase decays the lr: linear warm-up over 512 x 20 tokens, then a cosine that reaches its 10% floor
-# after 200 epochs of the pretraining corpus and, not clamped, rises again (trainer.lr_multiplier).
+# after final_epochs epochs of the pretraining corpus and, not clamped, rises again (trainer.lr_multiplier):
+# 200 in the 2023 handout (vanilla, perceiver); the 2024-25 handout's rope pretraining reaches its
+# floor at its last epoch, 650, and finetunes with 200.
 HANDOUT = {
-    "pretrain": dict(max_epochs=650, batch_size=128, lr="pretrain_lr"),
-    "finetune from scratch": dict(max_epochs=75, batch_size=256, lr="finetune_lr"),
-    "finetune from pretrained": dict(max_epochs=10, batch_size=256, lr="finetune_lr"),
+    "pretrain": dict(max_epochs=650, batch_size=128, lr="pretrain_lr", final_epochs=200),
+    "finetune from scratch": dict(max_epochs=75, batch_size=256, lr="finetune_lr", final_epochs=200),
+    "finetune from pretrained": dict(max_epochs=10, batch_size=256, lr="finetune_lr", final_epochs=200),
 }
+ROPE_PRETRAIN_FINAL_EPOCHS = 650  # the 2024 handout's final_tokens for pretraining (rope)
+VARIANTS = ["vanilla", "perceiver", "rope"]  # rope: the 2024-25 course's variant
 
 
 def parse_args(argv=None):
     argp = argparse.ArgumentParser(description=__doc__)
     argp.add_argument("function", choices=["pretrain", "finetune", "evaluate"],
                       help="Choose pretrain, finetune, or evaluate")
-    argp.add_argument("variant", choices=["vanilla", "perceiver"], help="Choose vanilla or perceiver")
+    argp.add_argument("variant", choices=VARIANTS,
+                      help="Choose vanilla or perceiver (the 2023 handout), or rope (the 2024-25 handout)")
     argp.add_argument("pretrain_corpus_path", help="the pretraining corpus (wiki.txt); it defines the vocabulary")
     argp.add_argument("--bottleneck_dim", type=int, default=32, help="Perceiver bottleneck length m")
     argp.add_argument("--reading_params_path", default=None, help="params to load before finetuning or evaluating")
@@ -58,9 +63,10 @@ def parse_args(argv=None):
     argp.add_argument("--warmup_epochs", type=float, default=None,
                       help="epochs of linear lr warm-up (default: the handout's 512 x 20 tokens, less than "
                            "one pretraining step)")
-    argp.add_argument("--final_epochs", type=float, default=200,
+    argp.add_argument("--final_epochs", type=float, default=None,
                       help="epochs at which the lr cosine reaches its floor (final_tokens = final_epochs x "
-                           "corpus lines x block_size; handout: 200)")
+                           "pretraining corpus lines x block_size; the 2023 handout's 200, the 2024 handout's "
+                           "650 for pretraining rope)")
     argp.add_argument("--seed", type=int, default=0,
                       help="random seed: on CPU the same seed gives the same params (not on a GPU: atomic adds)")
     argp.add_argument("--shuffle", action="store_true",
@@ -174,8 +180,8 @@ def parsed(path, make):
 
 
 def build_model(args, vocab_size):
-    if args.variant == "vanilla":
-        mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256)
+    if args.variant in ("vanilla", "rope"):
+        mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256, rope=args.variant == "rope")
     else:
         mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256,
                                 bottleneck_dim=args.bottleneck_dim, perceiver=True)
@@ -192,9 +198,8 @@ def load_params(gpt, path, args, device):
         fail(f"{path}: not a params file (expected a state_dict of tensors)")
     expected = gpt.state_dict()
     this = f"{args.variant}" + (f" with --bottleneck_dim {args.bottleneck_dim}" if args.variant == "perceiver" else "")
-    if ("down_block.C" in state) != ("down_block.C" in expected):
-        found = "perceiver" if "down_block.C" in state else "vanilla"
-        fail(f"{path}: holds {found} params, but this run builds a {this} model")
+    if params_variant(state) != args.variant:
+        fail(f"{path}: holds {params_variant(state)} params, but this run builds a {this} model")
     if "down_block.C" in state and state["down_block.C"].shape != expected["down_block.C"].shape:
         fail(f"{path}: holds perceiver params with bottleneck_dim {state['down_block.C'].shape[1]}, "
              f"but this run builds a {this} model")
@@ -206,6 +211,13 @@ def load_params(gpt, path, args, device):
                 else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
         fail(f"{path}: params do not fit a {this} model over this vocabulary ({what})")
     gpt.load_state_dict(state)
+
+
+def params_variant(state):
+    """The variant whose params a state_dict holds: the Perceiver's basis C, RoPE's lack of pos_emb."""
+    if "down_block.C" in state:
+        return "perceiver"
+    return "vanilla" if "pos_emb" in state else "rope"
 
 
 def save_params(gpt, path):
@@ -221,11 +233,17 @@ def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
     if batch_size % world_size:
         fail(f"the batch of {batch_size} rows does not split evenly over {world_size} processes")
     dtype = hardware.pick_dtype(args.dtype, device, args.plain)
+    if args.final_epochs is not None:
+        final_epochs, schedule = args.final_epochs, "--final_epochs"
+    elif phase == "pretrain" and args.variant == "rope":
+        final_epochs, schedule = ROPE_PRETRAIN_FINAL_EPOCHS, "the 2024 handout's"
+    else:
+        final_epochs, schedule = handout["final_epochs"], "the handout's"
     tconf = trainer.TrainerConfig(
         max_epochs=handout["max_epochs"] if args.max_epochs is None else args.max_epochs, batch_size=batch_size,
         learning_rate=getattr(args, handout["lr"]), lr_decay=True,
         warmup_tokens=512 * 20 if args.warmup_epochs is None else args.warmup_epochs * train_rows * BLOCK_SIZE,
-        final_tokens=args.final_epochs * pretrain_rows * BLOCK_SIZE,
+        final_tokens=final_epochs * pretrain_rows * BLOCK_SIZE,
         ckpt_path=args.writing_params_path + ".ckpt", save_every=args.save_every,
         shuffle=args.shuffle, seed=args.seed, num_workers=args.num_workers, device=device,
         rank=rank, world_size=world_size,
@@ -234,8 +252,10 @@ def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
         "function": args.function, "variant": args.variant, "--batch_size": batch_size,
         "--bottleneck_dim": args.bottleneck_dim if args.variant == "perceiver" else None,
         "learning rate": tconf.learning_rate, "--max_epochs": tconf.max_epochs, "--warmup_epochs": args.warmup_epochs,
-        "--final_epochs": args.final_epochs, "--seed": args.seed, "--shuffle": args.shuffle,
+        "--final_epochs": final_epochs, "--seed": args.seed, "--shuffle": args.shuffle,
         "processes": world_size, "training rows": train_rows, "corpus sha256": args.corpus_sha256}
+    # the start-up line's: which handout's schedule is in force (rope's floor differs)
+    tconf.schedule = f"lr floor after {final_epochs:g} pretraining-corpus epochs ({schedule})"
     return tconf
 
 
@@ -262,7 +282,8 @@ def train(args, gpt, train_dataset, tconf):
     if rank == 0:
         print(f"{args.function} {args.variant} on {hardware.describe(tconf.device)}"
               f"{f' x {world_size} processes' if world_size > 1 else ''}, {tconf.dtype}: {len(train_dataset):,} "
-              f"rows, {tconf.batch_size} a step, {tconf.max_epochs} epochs = {t.total_steps():,} steps", flush=True)
+              f"rows, {tconf.batch_size} a step, {tconf.max_epochs} epochs = {t.total_steps():,} steps; "
+              f"{tconf.schedule}", flush=True)
     try:
         t.train()
         if rank == 0:
