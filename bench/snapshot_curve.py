@@ -29,7 +29,7 @@ def main():
     argp.add_argument("data", help="folder with wiki.txt, birth_places_train.tsv, birth_dev.tsv")
     argp.add_argument("out")
     argp.add_argument("ckpts", nargs="+")
-    argp.add_argument("--variant", default="vanilla", choices=["vanilla", "perceiver"])
+    argp.add_argument("--variant", default="vanilla", choices=["vanilla", "perceiver", "rope"])
     argp.add_argument("--bottleneck_dim", type=int, default=32)
     args = argp.parse_args()
     os.makedirs(args.out, exist_ok=True)

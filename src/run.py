@@ -18,6 +18,7 @@ import dataset
 import decoding
 import hardware
 import inputs
+import mixing
 import model
 import trainer
 import utils
@@ -67,6 +68,13 @@ def parse_args(argv=None):
                       help="epochs at which the lr cosine reaches its floor (final_tokens = final_epochs x "
                            "pretraining corpus lines x block_size; the 2023 handout's 200, the 2024 handout's "
                            "650 for pretraining rope)")
+    argp.add_argument("--dropout", type=float, default=None,
+                      help="dropout probability of this run's model, embeddings, attention and residuals alike "
+                           "(default: the course's 0.1). A recipe, not the handout's: results/recipes/")
+    argp.add_argument("--mix_questions_path", default=None,
+                      help="pretrain only: question<TAB>answer lines (the finetuning set, never dev or test) "
+                           "mixed into every pretraining epoch in the finetuning format (src/mixing.py). A "
+                           "recipe, not the handout's: results/recipes/")
     argp.add_argument("--seed", type=int, default=0,
                       help="random seed: on CPU the same seed gives the same params (not on a GPU: atomic adds)")
     argp.add_argument("--shuffle", action="store_true",
@@ -112,12 +120,13 @@ def check_args(args):
     missing = [f"--{name}" for name in needed if getattr(args, name) is None]
     if missing:
         fail(f"{args.function} needs {' and '.join(missing)}")
-    for name in ("pretrain_corpus_path", "finetune_corpus_path", "eval_corpus_path", "reading_params_path"):
+    inputs_ = ("pretrain_corpus_path", "finetune_corpus_path", "eval_corpus_path", "reading_params_path",
+               "mix_questions_path")
+    for name in inputs_:
         path = getattr(args, name)
         if path is not None and not os.path.isfile(path):
-            fail(f"{path}: no such file (--{name.replace('_path', '')}{'_path' if name != 'pretrain_corpus_path' else ''})")
-    sources = [name for name in ("pretrain_corpus_path", "finetune_corpus_path", "eval_corpus_path",
-                                 "reading_params_path") if getattr(args, name) is not None]
+            fail(f"{path}: no such file ({flag(name)})")
+    sources = [name for name in inputs_ if getattr(args, name) is not None]
     outputs = ["outputs_path"] if args.function == "evaluate" else ["writing_params_path"]
     for name in outputs:
         path = getattr(args, name)
@@ -126,6 +135,10 @@ def check_args(args):
                 if same_file(written, getattr(args, source)):
                     fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")
         check_writable(path, name)
+    if args.mix_questions_path is not None and args.function != "pretrain":
+        fail(f"--mix_questions_path is for pretrain, not {args.function}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        fail(f"--dropout must be at least 0 and below 1, got {args.dropout}")
     if args.max_epochs is not None and args.max_epochs < 1:
         fail(f"--max_epochs must be at least 1, got {args.max_epochs}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -186,6 +199,8 @@ def build_model(args, vocab_size):
         mconf = model.GPTConfig(vocab_size, BLOCK_SIZE, n_layer=4, n_head=8, n_embd=256,
                                 bottleneck_dim=args.bottleneck_dim, perceiver=True)
     mconf.plain = args.plain
+    if getattr(args, "dropout", None) is not None:
+        mconf.embd_pdrop = mconf.resid_pdrop = mconf.attn_pdrop = args.dropout
     return model.GPT(mconf)
 
 
@@ -252,7 +267,7 @@ def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
         "function": args.function, "variant": args.variant, "--batch_size": batch_size,
         "--bottleneck_dim": args.bottleneck_dim if args.variant == "perceiver" else None,
         "learning rate": tconf.learning_rate, "--max_epochs": tconf.max_epochs, "--warmup_epochs": args.warmup_epochs,
-        "--final_epochs": final_epochs, "--seed": args.seed, "--shuffle": args.shuffle,
+        "--final_epochs": final_epochs, "--dropout": args.dropout, "--seed": args.seed, "--shuffle": args.shuffle,
         "processes": world_size, "training rows": train_rows, "corpus sha256": args.corpus_sha256}
     # the start-up line's: which handout's schedule is in force (rope's floor differs)
     tconf.schedule = f"lr floor after {final_epochs:g} pretraining-corpus epochs ({schedule})"
@@ -354,9 +369,16 @@ def main(argv=None):
     digest = hashlib.sha256(text.encode())  # of the training text: a resumed run must train on the same
 
     if args.function == "pretrain":
+        train_dataset = pretrain_dataset
+        if args.mix_questions_path is not None:
+            questions_text = read_text(args.mix_questions_path)
+            questions = parsed(args.mix_questions_path, lambda: dataset.NameDataset(pretrain_dataset, questions_text))
+            train_dataset = mixing.MixedDataset(pretrain_dataset, questions)
+            digest.update(questions_text.encode())
         args.corpus_sha256 = digest.hexdigest()[:16]
-        tconf = trainer_config(args, "pretrain", len(pretrain_dataset), len(pretrain_dataset), device, dist_env)
-        train(args, gpt, pretrain_dataset, tconf)
+        # an epoch is one of the rows trained on, question rows included (so is the lr schedule's)
+        tconf = trainer_config(args, "pretrain", len(train_dataset), len(train_dataset), device, dist_env)
+        train(args, gpt, train_dataset, tconf)
     elif args.function == "finetune":
         finetune_text = read_text(args.finetune_corpus_path)
         finetune_dataset = parsed(args.finetune_corpus_path,
