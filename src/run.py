@@ -4,6 +4,7 @@ line, unchanged, with a few additions (see --help).
 """
 
 import argparse
+import glob
 import hashlib
 import os
 import sys
@@ -89,6 +90,10 @@ def parse_args(argv=None):
                            "results/gpu/README.md). bfloat16 and "
                            "float16 (loss scaling) fall back to float32 with a note where they are emulated. "
                            "Evaluation is always float32")
+    argp.add_argument("--checkpoint_minutes", type=float, default=5.0,
+                      help="write <writing_params_path>.ckpt at most once every this many minutes of training "
+                           "(mid-epoch too; always on Ctrl-C, SIGTERM or SIGHUP); 0: after every epoch. "
+                           "A runtime recycled without a signal (Colab) loses at most this much training")
     argp.add_argument("--save_every", type=int, default=0,
                       help="also keep the checkpoint of every N-th epoch as <writing_params_path>.ckpt.epochN "
                            "(resumable snapshots along the schedule; --max_epochs does not change the lr schedule)")
@@ -143,6 +148,8 @@ def check_args(args):
         fail(f"--max_epochs must be at least 1, got {args.max_epochs}")
     if args.batch_size is not None and args.batch_size < 1:
         fail(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not args.checkpoint_minutes >= 0:  # NaN too
+        fail(f"--checkpoint_minutes must not be negative, got {args.checkpoint_minutes}")
     if args.save_every < 0:
         fail(f"--save_every must not be negative, got {args.save_every}")
     if args.warmup_epochs is not None and args.warmup_epochs < 0:
@@ -259,7 +266,8 @@ def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
         learning_rate=getattr(args, handout["lr"]), lr_decay=True,
         warmup_tokens=512 * 20 if args.warmup_epochs is None else args.warmup_epochs * train_rows * BLOCK_SIZE,
         final_tokens=final_epochs * pretrain_rows * BLOCK_SIZE,
-        ckpt_path=args.writing_params_path + ".ckpt", save_every=args.save_every,
+        ckpt_path=args.writing_params_path + ".ckpt", ckpt_minutes=args.checkpoint_minutes,
+        save_every=args.save_every,
         shuffle=args.shuffle, seed=args.seed, num_workers=args.num_workers, device=device,
         rank=rank, world_size=world_size,
         **hardware.speed_settings(device, dtype, batch_size // world_size, args.plain, args.compile))
@@ -282,6 +290,8 @@ def train(args, gpt, train_dataset, tconf):
             args.function, args.tb_expt_name, args.variant, int(args.bottleneck_dim),
             args.pretrain_lr, args.finetune_lr))
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
+    if rank == 0 and remove_stale_temporaries(args.writing_params_path):
+        print(f"removed the temporary files of an interrupted write beside {args.writing_params_path}")
     if os.path.exists(ckpt_path):
         if not args.resume:
             fail(f"{ckpt_path}: an unfinished run left this checkpoint: add --resume to continue it, "
@@ -302,8 +312,7 @@ def train(args, gpt, train_dataset, tconf):
     try:
         t.train()
         if rank == 0:
-            save_params(gpt, args.writing_params_path)
-            os.remove(ckpt_path)
+            finish(t, gpt, args.writing_params_path)
     except trainer.Interrupted as e:
         if rank == 0:
             print(f"\ninterrupted by {e} at epoch {t.epoch + 1}, step {t.step}: checkpoint in {ckpt_path}; "
@@ -314,6 +323,40 @@ def train(args, gpt, train_dataset, tconf):
     finally:
         if tconf.writer is not None:
             tconf.writer.close()
+
+
+def finish(t, gpt, params_path):
+    """
+    The trained params first (13 MB), then the checkpoint is deleted. Only if the params cannot
+    be written (a full disk) is a checkpoint of the finished run tried (40 MB), so that --resume
+    can write them once there is room; else the last one written stays.
+    """
+    try:
+        save_params(gpt, params_path)
+    except OSError as e:
+        try:
+            if t.config.world_size > 1:
+                raise OSError  # a checkpoint is a collective of every rank, and only rank 0 is here
+            t.save_checkpoint()
+            kept = f"the finished run's checkpoint is in {t.config.ckpt_path}"
+        except OSError:
+            kept = (f"{t.config.ckpt_path} (if any) holds the last checkpoint written" if
+                    os.path.exists(t.config.ckpt_path) else "no checkpoint could be written either")
+        fail(f"{e.filename or params_path}: cannot write: {e.strerror}; {kept}: make room, then rerun with --resume")
+    if os.path.exists(t.config.ckpt_path):
+        os.remove(t.config.ckpt_path)
+
+
+def remove_stale_temporaries(params_path):
+    """
+    The temporary files of writes that a killed run left (atomic_write's <name>.<random>.tmp,
+    40 MB each for a checkpoint) beside params_path, its checkpoint and snapshots. Called
+    once this run holds the path, so no other run is writing them.
+    """
+    stale = glob.glob(glob.escape(os.path.realpath(params_path)) + ".*.tmp")
+    for path in stale:
+        os.remove(path)
+    return stale
 
 
 def evaluate(args, gpt, pretrain_dataset, device):

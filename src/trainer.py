@@ -9,7 +9,8 @@ lines of speed (none changes what is computed beyond float rounding): autocast
 (bf16 where native, a GradScaler only for fp16), padding-aware sub-batches on CPU
 (sub_batches.py), batches made on a GPU (device_batches.py), the loss read back
 every log_every steps, torch.compile on request, DistributedDataParallel under
-torchrun. And a checkpoint after every epoch and on a signal (checkpoint.py).
+torchrun. And a checkpoint every few minutes of wall time and on a signal
+(checkpoint.py), resumable mid-epoch.
 """
 
 import contextlib
@@ -43,7 +44,8 @@ class TrainerConfig:
     warmup_tokens = 375e6
     final_tokens = 260e9
     # checkpoint settings
-    ckpt_path = None  # written after every epoch and on SIGINT/SIGTERM/SIGHUP, for resuming
+    ckpt_path = None  # written every ckpt_minutes and on SIGINT/SIGTERM/SIGHUP, for resuming
+    ckpt_minutes = 5.0  # wall time between checkpoints (at a log point, mid-epoch too); 0: after every epoch
     save_every = 0  # >0: also keep a copy of the checkpoint every this many epochs, <ckpt_path>.epochE
     run_args = None  # what decides the run's computation (run.py): stored, and a resume with others refused
     shuffle = False  # the course's DataLoader keeps file order every epoch; True: a new order per epoch
@@ -97,6 +99,19 @@ def configure_optimizer(model, config):
     return torch.optim.AdamW(optim_groups, lr=config.learning_rate, betas=config.betas, fused=fused or None)
 
 
+def compile_model(model, cuda_graphs=False):
+    """
+    torch.compile for training: static shapes, so that a smaller last batch of an epoch compiles
+    once more rather than dynamically; CUDA graphs on a GPU. Inductor's pattern matcher is off:
+    its attention patterns rewrite a softmax-dropout-matmul into scaled_dot_product_attention with
+    dropout inside, which training keeps out of SDPA's kernels (attention.py; tested on the
+    compiled graph). The other patterns it would apply go too: a cost measured by the GPU check.
+    """
+    import torch._inductor.config as inductor_config  # here: loading inductor takes seconds
+    inductor_config.pattern_matcher = False
+    return torch.compile(model, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+
+
 class Interrupted(Exception):
     """Training stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint."""
 
@@ -114,8 +129,7 @@ class Trainer:
         # last batch of an epoch compiles once more rather than dynamically
         self.cuda_graphs = config.compile and torch.device(config.device).type == "cuda"
         if config.compile:
-            self.model = torch.compile(self.model, dynamic=False,
-                                       mode="reduce-overhead" if self.cuda_graphs else None)
+            self.model = compile_model(self.model, self.cuda_graphs)
         if config.world_size > 1:
             # gradients are averaged across ranks during backward
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -135,6 +149,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.batches_done = 0  # batches of the current epoch already trained (resuming mid-epoch)
         self.stop_signal = None
+        self.saved_at = time.time()  # when the last checkpoint was written (or training began)
 
     def autocast(self):
         dtype = getattr(torch, self.config.dtype)
@@ -213,10 +228,15 @@ class Trainer:
             "epoch": self.epoch, "batches_done": self.batches_done, "rng": rng,
         }
         save_atomic(state, self.config.ckpt_path)
-        every = self.config.save_every
-        if every and self.batches_done == 0 and self.epoch % every == 0:
+        self.saved_at = time.time()
+        if self.snapshot_due():
             # snapshots along the schedule: resumable, and what bench/snapshot_curve.py reads
             save_atomic(state, f"{self.config.ckpt_path}.epoch{self.epoch}")
+
+    def snapshot_due(self):
+        """Whether training is at the end of an epoch whose snapshot --save_every keeps."""
+        every = self.config.save_every
+        return bool(every) and self.batches_done == 0 and self.epoch > 0 and self.epoch % every == 0
 
     def load_checkpoint(self, path):
         """Continue from a checkpoint of this same run (checkpoint.CheckpointError otherwise)."""
@@ -259,20 +279,24 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
 
-    def should_stop(self):
+    def stop_or_save(self):
         """
-        Whether every rank stops now. Under torchrun a signal reaches the ranks at different
-        steps; a rank that stopped alone would leave the others waiting in a collective
-        forever, so the ranks agree (a rank's stop stops all), at the same step.
+        (stop, save): whether every rank stops now (a signal came), and whether every rank
+        checkpoints now (ckpt_minutes have passed since the last checkpoint). Under torchrun a
+        signal reaches the ranks at different steps and their clocks differ; a rank that
+        stopped or saved alone would leave the others waiting in a collective forever, so the
+        ranks agree (one rank's stop or save is all's), at the same step.
         """
+        minutes = self.config.ckpt_minutes
         stop = self.stop_signal is not None
+        save = minutes > 0 and time.time() - self.saved_at >= minutes * 60
         if self.config.world_size > 1:
-            flag = torch.tensor([float(stop)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
+            flags = torch.tensor([float(stop), float(save)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop, save = (bool(f) for f in flags.tolist())
             if stop and self.stop_signal is None:
                 self.stop_signal = signal.SIGTERM  # another rank's signal; that rank names its own
-        return stop
+        return stop, save
 
     def total_steps(self):
         """Optimizer steps of the whole run."""
@@ -316,15 +340,21 @@ class Trainer:
                         unlogged = []
                         if self.step - start_step == max(10, config.log_every):
                             self.print_expected_time(pbar, start, start_step)
-                        if self.should_stop():
+                        stop, save = self.stop_or_save()
+                        if stop or save:
                             self.save_checkpoint()
+                        if stop:
                             raise Interrupted(signal.Signals(self.stop_signal).name)
                 if unlogged:
                     self.log(pbar, unlogged, float(chars) / (time.time() - start))
                     unlogged = []
                 self.epoch += 1
                 self.batches_done = 0
-                self.save_checkpoint()
+                # the end of the last epoch writes none: the caller saves the params (13 MB) first, and
+                # a checkpoint (40 MB) only if they cannot be written (run.py)
+                last = self.epoch == config.max_epochs
+                if self.snapshot_due() or (config.ckpt_minutes == 0 and not last):
+                    self.save_checkpoint()
         finally:
             pbar.close()
             for s, h in handlers.items():
