@@ -7,12 +7,14 @@ per-epoch loss beside the reference curves.
   python bench/bisect_default.py WIKI OUT [--epochs 50] [--device cuda] [--variants ...]
       [--reference REF/ref_vanilla_course_s0.csv ...]
 
-Why: on an H100 the default path in bf16 never left the handout's loss plateau
-(2.59 at epoch 40 where the course's runs are at 2.35, 2.9 at epoch 50 against
-2.16: results/gpu/README.md), while the same settings on CPU did. Fifty epochs
-show it: 1,150 steps a variant, about 30 s at the 41 steps/s one pipeline ran
-alone there (eight at once: not timed yet), so a lent GPU can tell which setting
-does it.
+Why: on an H100 the default path in bf16, which then trained attention with
+SDPA's dropout, never left the handout's loss plateau (2.59 at epoch 40 where the
+course's runs are at 2.35, 2.9 at epoch 50 against 2.16: results/gpu/README.md),
+while the same settings on CPU did. Training's attention is now explicit on every
+device; whether bf16 can come back on GPUs, and whether SDPA's kernels (cuDNN's
+first) were the cause, the variants bf16, bf16_sdpa_no_cudnn and bf16_sdpa tell
+(bench/gpu_check.sh's bisect stage). Fifty epochs show it: 1,150 steps a variant,
+about 30 s at the 41 steps/s one pipeline ran alone there, so a lent GPU can tell.
 Each variant is run.py's pretraining of the vanilla model (same lr schedule, seed
 and data order; no checkpoints), in its own process, OUT/<variant>.csv holding
 its per-epoch mean loss (the references' columns) and OUT/<variant>.log its
@@ -29,15 +31,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-# each: (what it is, run.py's flags, the speed settings changed after run.py chose them for the device;
-# "explicit_attention": the model's attention computed as the course's, SDPA's kernels not used)
+# each: (what it is, run.py's flags, the settings changed after run.py chose them for the device;
+# "attention": the model's (attention.py: sdpa puts training's dropout into SDPA's kernels);
+# "cudnn_sdp": False disables cuDNN's SDPA kernels, which torch 2.11+ prefers on Hopper GPUs)
 VARIANTS = {
     "course": ("--plain: the course's computation (float32, explicit attention, torch's AdamW, a DataLoader)",
                ["--plain"], {}),
     "default": ("the default path (--dtype auto: float32 on a GPU)", [], {}),
-    "bf16": ("the default path in bf16 (what failed on the H100)", ["--dtype", "bfloat16"], {}),
-    "bf16_explicit_attention": ("bf16, the course's explicit attention and nn.Dropout instead of SDPA's kernels",
-                                ["--dtype", "bfloat16"], {"explicit_attention": True}),
+    "bf16": ("the default path in bf16 (training's attention explicit)", ["--dtype", "bfloat16"], {}),
+    "bf16_sdpa": ("bf16, training's attention and its dropout in SDPA's kernels (the H100's failing run)",
+                  ["--dtype", "bfloat16"], {"attention": "sdpa"}),
+    "bf16_sdpa_no_cudnn": ("bf16 through SDPA as bf16_sdpa, cuDNN's attention disabled",
+                           ["--dtype", "bfloat16"], {"attention": "sdpa", "cudnn_sdp": False}),
     "bf16_dataloader": ("bf16, batches from the course's DataLoader instead of made on the device",
                         ["--dtype", "bfloat16"], {"device_batches": False}),
     "bf16_torch_adamw": ("bf16, torch's default AdamW instead of the fused kernel",
@@ -62,11 +67,14 @@ class ScalarLog:
 
 def train_variant(name, wiki, out, epochs, device, seed):
     """One variant's pretraining; writes OUT/<name>.csv (pretrain, epoch, mean_loss, lr_after_epoch)."""
+    import torch
+
     import dataset
     import hardware
     import run
     import trainer
     import utils
+    from attention import CausalSelfAttention
     from reference_curve import epoch_rows, write_csv
     _, flags, changes = VARIANTS[name]
     args = run.parse_args(["pretrain", "vanilla", wiki, "--writing_params_path", os.path.join(out, f"{name}.params"),
@@ -74,22 +82,25 @@ def train_variant(name, wiki, out, epochs, device, seed):
     device, _ = hardware.setup_distributed(hardware.pick_device(args.device))  # as run.py: one process
     utils.set_seed(args.seed)
     ds = dataset.CharCorruptionDataset(run.read_text(wiki), run.BLOCK_SIZE)
-    # the model's plain: the course's attention and nn.Dropout; the trainer's stays --plain's
-    explicit = argparse.Namespace(**vars(args))
-    explicit.plain = args.plain or changes.get("explicit_attention", False)
-    gpt = run.build_model(explicit, ds.vocab_size).to(device)
+    gpt = run.build_model(args, ds.vocab_size).to(device)
+    attention = [m for m in gpt.modules() if isinstance(m, CausalSelfAttention)]
     args.corpus_sha256 = None
     tconf = run.trainer_config(args, "pretrain", len(ds), len(ds), device, (0, 1))
     for key, value in changes.items():
-        if key == "dtype":
-            value = hardware.pick_dtype(value, device)  # the emulated-bf16 fallback and its note, as run.py's
-        if key != "explicit_attention":
+        if key == "attention":
+            for m in attention:
+                m.attention = value
+        elif key == "cudnn_sdp":
+            torch.backends.cuda.enable_cudnn_sdp(value)  # a flag of this process's, harmless without CUDA
+        else:
+            if key == "dtype":
+                value = hardware.pick_dtype(value, device)  # the emulated-bf16 fallback and its note, as run.py's
             setattr(tconf, key, value)
     tconf.ckpt_path = None
     tconf.writer = ScalarLog()
     print(f"{name}: {VARIANTS[name][0]}\n{device}, dtype {tconf.dtype}, sub_batches {tconf.sub_batches}, "
-          f"device_batches {tconf.device_batches}, fused_adamw {tconf.fused_adamw}, explicit attention "
-          f"{gpt.blocks[0].attn.plain}, compile {tconf.compile}", flush=True)
+          f"device_batches {tconf.device_batches}, fused_adamw {tconf.fused_adamw}, attention "
+          f"{attention[0].attention}, cudnn_sdp {changes.get('cudnn_sdp', True)}, compile {tconf.compile}", flush=True)
     t = trainer.Trainer(gpt, ds, None, tconf)
     t.train()
     logged = tconf.writer.values

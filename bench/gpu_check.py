@@ -1,33 +1,42 @@
 """
 The small pieces of bench/gpu_check.sh that want Python: the card's name, the
-steps of a pretraining epoch, the same-seed comparison of two params files, and
-the summary table of a results folder (written again after every stage, and by
+concurrency probe, the kernels of a training and an evaluation step, and the
+summary table of a results folder (written again after every stage, and by
 --wait while the run goes on, so that a cut-off run still leaves one).
 
   python bench/gpu_check.py card DEVICE
-  python bench/gpu_check.py steps_per_epoch WIKI ROWS
-  python bench/gpu_check.py same_params A.params B.params   # exit 0: identical, 3: they differ
-  python bench/gpu_check.py summary RESULTS                 # writes RESULTS/summary.md and prints it
+  python bench/gpu_check.py probe DEVICE WIKI RUNS EPOCHS FOLDER  # prints probe.md, writes FOLDER/parallel.txt
+  python bench/gpu_check.py kernels DEVICE WIKI                   # prints kernels.md
+  python bench/gpu_check.py summary RESULTS                       # writes RESULTS/summary.md and prints it
 """
 
-import math
+import argparse
 import os
 import re
+import statistics
+import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["tests", "bisect", "same_seed", "vanilla", "perceiver", "bench"]
+STAGES = ["probe", "tests", "kernels", "vanilla", "perceiver", "bisect", "rope", "recipe", "compiled", "bench"]
 WHAT = {
+    "probe": "runs side by side: do they keep their speed?",
     "tests": "CUDA-only tests (pytest -k cuda)",
-    "bisect": "first pretraining epochs, one setting changed per variant",
-    "same_seed": "two same-seed runs, same params?",
+    "kernels": "kernels of a training and an evaluation step",
     "vanilla": "handout pipeline, vanilla",
     "perceiver": "handout pipeline, perceiver m=64",
+    "bisect": "first pretraining epochs: may bf16 be the GPU default?",
+    "rope": "2024 handout pipeline, rope",
+    "recipe": "the fastest recipe's pipeline (results/recipes/)",
+    "compiled": "vanilla pipeline with --compile",
     "bench": "bench_speed.py, --plain against default",
 }
 # dev accuracy of the handout pipeline by a course-faithful trainer on one H100 (../shared/reference/README.md)
-REFERENCE_DEV = {"vanilla": "27.8% and 21.7% (seeds 0, 1)", "perceiver": "13.6%"}
+REFERENCE_DEV = {"vanilla": "27.8% and 21.7% (seeds 0, 1)", "perceiver": "13.6%",
+                 "rope": "40.4% (one public T4 run)", "compiled": "eager: the vanilla row"}
+# the names of scaled_dot_product_attention's kernels and ops (flash, memory-efficient, cuDNN, CPU)
+SDPA = re.compile(r"flash|fmha|sdpa|scaled_dot_product|efficient_attention", re.I)
 
 
 def card(device):
@@ -40,26 +49,106 @@ def card(device):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", torch.cuda.get_device_name(torch.device(device))).strip("_")
 
 
-def steps_per_epoch(wiki, rows):
+def trained_rate(stdout):
+    """The steps/s of run.py's closing "trained ..." line, or None."""
+    m = re.search(r"^trained .* ([0-9.]+) steps/s", stdout, re.M)
+    return float(m.group(1)) if m else None
+
+
+def probe(device, wiki, runs, epochs, folder):
+    """
+    One short pretraining alone, then `runs` of them at once, each in a folder of its own: a
+    handout step is bound by the host's kernel launches, so on a host with many cores runs side
+    by side should keep their speed. Prints a table; writes how many pipelines to run at once.
+    """
+    runs, epochs = int(runs), int(epochs)
+
+    def start(name):
+        cwd = os.path.join(folder, name)
+        os.makedirs(cwd, exist_ok=True)
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, "src", "run.py"), "pretrain", "vanilla", wiki,
+                                 "--writing_params_path", "p.params", "--max_epochs", str(epochs), "--device", device],
+                                cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def rates(procs):
+        outs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            sys.exit(f"gpu_check.py probe: a run failed (exit {[p.returncode for p in procs]})")
+        return [trained_rate(o) for o in outs]
+    alone = rates([start("alone")])[0]
+    together = rates([start(f"together{k}") for k in range(runs)])
+    kept = statistics.fmean(together) / alone
+    parallel = runs if kept >= 0.7 else 2
+    with open(os.path.join(folder, "parallel.txt"), "w") as f:
+        f.write(f"{parallel}\n")
+    print(f"`run.py pretrain vanilla --max_epochs {epochs} --device {device}`, steps/s (start-up of the first steps "
+          f"included):\n\n| runs at once | steps/s of each |\n| --- | --- |\n| 1 | {alone:.2f} |\n"
+          f"| {runs} | {', '.join(f'{r:.2f}' for r in together)} |\n")
+    print(f"- {runs} at once kept {kept:.0%} of the lone run's steps/s: {parallel} pipelines run at once")
+
+
+def kernels(device, wiki):
+    """
+    The kernels (on CPU: the aten ops) of one profiled training step and one evaluation forward of
+    the handout's vanilla model on the default path, with SDPA's marked: training must run none.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
     sys.path.insert(0, os.path.join(ROOT, "src"))
     import dataset
+    import hardware
+    import run
+    import trainer
     with open(wiki, encoding="utf-8") as f:
-        return math.ceil(len(dataset.CharCorruptionDataset(f.read(), 128)) / int(rows))
+        ds = dataset.CharCorruptionDataset(f.read(), run.BLOCK_SIZE)
+    torch.manual_seed(0)
+    gpt = run.build_model(argparse.Namespace(variant="vanilla", bottleneck_dim=64, plain=False), ds.vocab_size)
+    dtype = hardware.pick_dtype("auto", device)
+    t = trainer.Trainer(gpt, ds, None, trainer.TrainerConfig(
+        learning_rate=6e-3, batch_size=128, device=device, **hardware.speed_settings(device, dtype, 128)))
+    x, y = next(t.epoch_batches())
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
 
+    def profiled(step):
+        step()  # once first: warm-up and kernel choice
+        if cuda:
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+        events = [e for e in prof.key_averages()
+                  if (e.device_type == torch.autograd.DeviceType.CUDA if cuda else e.key.startswith("aten::"))]
+        return sorted(events, key=lambda e: -(e.self_device_time_total if cuda else e.self_cpu_time_total))
 
-def same_params(a, b):
-    """One line: identical, or how far apart; True if identical."""
-    import torch
-    pa, pb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    if list(pa) != list(pb):
-        return False, f"different tensors: {sorted(set(pa) ^ set(pb))[:3]}"
-    differ = [k for k in pa if not torch.equal(pa[k], pb[k])]
-    if not differ:
-        return True, f"all {len(pa)} tensors equal"
-    gaps = {k: (pa[k].double() - pb[k].double()).abs().max().item() for k in differ}
-    worst = max(gaps, key=gaps.get)
-    return False, (f"{len(differ)} of {len(pa)} tensors differ, largest |difference| {gaps[worst]:.2e} "
-                   f"(in {worst})")
+    def train_step():
+        gpt.train()
+        t.train_step(x, y)
+
+    def eval_step():
+        gpt.eval()
+        with torch.no_grad():
+            gpt(x)
+    print(f"The handout's vanilla model on {device}'s default path ({dtype}, 128 rows; "
+          f"{'CUDA kernels' if cuda else 'aten ops'}, by self time):\n")
+    verdicts = []
+    for name, step in (("training step", train_step), ("evaluation forward", eval_step)):
+        events = profiled(step)
+        sdpa = [e.key for e in events if SDPA.search(e.key)]
+        softmax = [e.key for e in events if "softmax" in e.key.lower()]
+        print(f"## {name}\n\n| kernel | calls | self time |\n| --- | --- | --- |")
+        for e in events[:15]:
+            time_us = e.self_device_time_total if cuda else e.self_cpu_time_total
+            mark = " (SDPA)" if SDPA.search(e.key) else ""
+            print(f"| {e.key[:90].replace('|', '/')}{mark} | {e.count} | {time_us / 1e3:.2f} ms |")
+        print()
+        attention = (f"SDPA's {', '.join(k[:60] for k in sdpa[:3])}" if sdpa else
+                     f"explicit ({', '.join(k[:40] for k in softmax[:2]) or 'no softmax kernel seen'})")
+        verdicts.append(f"{name}: attention {attention}")
+        if name == "training step" and sdpa:
+            verdicts[-1] += ": **SDPA in training**"
+    print("\n".join(f"- {v}" for v in verdicts))
 
 
 def read(path, default=""):
@@ -113,8 +202,9 @@ def pipeline_result(results, variant, state):
                      f"{trained.group(4)} steps/s")
     dev = re.search(r"^Correct: ([\d.]+) out of ([\d.]+): ([\d.]+)%", log, re.M)
     if dev:
-        parts.append(f"**dev {float(dev.group(3)):.1f}%** ({float(dev.group(1)):.0f}/{float(dev.group(2)):.0f}; "
-                     f"course-faithful trainer: {REFERENCE_DEV[variant]})")
+        reference = f"; course-faithful trainer: {REFERENCE_DEV[variant]}" if variant in REFERENCE_DEV else ""
+        parts.append(f"**dev {float(dev.group(3)):.1f}%** ({float(dev.group(1)):.0f}/{float(dev.group(2)):.0f}"
+                     f"{reference})")
     rows = [r for r in read(os.path.join(results, f"loss_{variant}.md")).splitlines() if r.startswith("| ")]
     if len(rows) >= 2:
         head = [c.strip() for c in rows[0].strip("|").split("|")]
@@ -146,11 +236,10 @@ def summary(results):
         note = read(os.path.join(results, "stages", f"{stage}.note")).strip()
         if stage == "tests":
             result = tests_result(results)
-        elif stage == "bisect":  # its verdicts: "- variant: epoch E loss L, +G from the references' mean: ..."
-            result = "; ".join(line[2:] for line in read(os.path.join(results, "bisect", "bisect.md")).splitlines()
-                               if line.startswith("- "))
-        elif stage == "same_seed":
-            result = "; ".join(read(os.path.join(results, "same_seed.txt")).strip().splitlines())
+        elif stage in ("probe", "kernels", "bisect"):  # their verdicts, the lines "- ..." of their tables
+            table = os.path.join(results, "bisect", "bisect.md") if stage == "bisect" else \
+                os.path.join(results, f"{stage}.md")
+            result = "; ".join(line[2:] for line in read(table).splitlines() if line.startswith("- "))
         elif stage == "bench":
             result = "; ".join(s for s in short if not s.startswith(("greedy", "finetuning step, perceiver")))
         else:
@@ -178,16 +267,14 @@ def main():
     what, args = sys.argv[1], sys.argv[2:]
     if what == "card":
         print(card(*args))
-    elif what == "steps_per_epoch":
-        print(steps_per_epoch(*args))
-    elif what == "same_params":
-        same, line = same_params(*args)
-        print(line)
-        sys.exit(0 if same else 3)
+    elif what == "probe":
+        probe(*args)
+    elif what == "kernels":
+        kernels(*args)
     elif what == "summary":
         print(summary(*args), end="")
     else:
-        sys.exit(f"gpu_check.py: error: unknown command {what} (card, steps_per_epoch, same_params, summary)")
+        sys.exit(f"gpu_check.py: error: unknown command {what} (card, probe, kernels, summary)")
 
 
 if __name__ == "__main__":

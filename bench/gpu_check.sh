@@ -1,45 +1,51 @@
 #!/usr/bin/env bash
 # Everything a lent GPU should measure for this project, as one prepared command that runs
-# unattended: a lent GPU is short (about 15 minutes a session, start-up included) and comes
-# by chance, so nothing is left to type once it is there.
+# unattended: a lent GPU is short (15 minutes of device time a session, start-up included)
+# and comes by chance, so nothing is left to type once it is there.
 #
 #   bash bench/gpu_check.sh DATA REF [ROOT]              # results in ROOT/<card> (ROOT: results/gpu)
 #   bash bench/gpu_check.sh --wait DEST SECONDS [ROOT]   # wait for a detached run, pack its results into DEST
 #
 # DATA holds wiki.txt and the three TSVs; REF the reference loss curves (the ref_*.csv of
 # ../shared/reference); <card> is the GPU's name made safe for a file name
-# (NVIDIA_H100_80GB_HBM3), or cpu. Stages, each timed; a failing stage is recorded and the
-# others still run; the exit is non-zero if any failed:
-#   vanilla, perceiver  the handout's full pipeline on the default path (bench/pipeline.sh:
-#             pretrain 650 epochs, finetune, evaluate dev and test), both at once on the one
-#             GPU, started first and in the background since they take most of the time; then
-#             each one's per-epoch loss beside the reference curves (bench/reference_curve.py:
-#             loss_<variant>.csv/.md/.png) and its dev accuracy
-#   tests     the CUDA-only tests (pytest -k cuda: training steps and the span corruption under
-#             torch.cuda.set_sync_debug_mode("error"), SDPA against the course's mask corners
-#             in float32 and bf16, attention dropout's forward and backward against one mask for
-#             each of SDPA's kernels, the decoding layouts on the GPU), beside the pipelines: not timings
-#   bisect    bench/bisect_default.py: the first BISECT_EPOCHS pretraining epochs under variants
-#             that change one setting each (bf16, SDPA's kernels, device-made batches, fused AdamW, --compile),
-#             all at once, beside the reference curves: which setting keeps the handout's
-#             pretraining on its plateau, as the bf16 default did on an H100 (bisect/bisect.md)
-#   same_seed two `run.py pretrain vanilla --max_epochs 2 --seed 0` at once, beside the
-#             pipelines: the same params? If not, the same with --plain, to tell the default's
-#             attention kernels (flash attention's backward adds with atomics) from the rest
-#   bench     bench_speed.py --cli --cli_epochs 10 --compile (--plain against the default,
-#             the compiled step against eager) once the pipelines are done: on a GPU shared with
+# (NVIDIA_H200), or cpu. Stages, in priority order (a-e), each timed; a failing stage is
+# recorded and the others still run; the exit is non-zero if any failed:
+#   probe     (first, ~30 s) one short pretraining alone, then PROBE_RUNS at once: do runs side
+#             by side keep their speed (a handout step is bound by the host, which has many
+#             cores)? Sets how many pipelines run at once (parallel.txt: PROBE_RUNS if each kept
+#             70% of the lone run's steps/s, else 2)
+#   a tests   the CUDA-only tests (pytest -k cuda: training steps without host waits, the
+#             attention's mask corners and dropout masks for each of SDPA's kernels, decoding
+#             layouts), beside the pipelines; the torch, CUDA and cuDNN versions are in env.txt
+#     kernels the kernels of one profiled training step and one evaluation step of the default
+#             path, the attention's marked (kernels.md): training must run none of SDPA's
+#   b vanilla, perceiver   the handout's full pipeline on the default path (bench/pipeline.sh:
+#             pretrain 650 epochs, finetune, evaluate dev and test), in the background from the
+#             start; then each one's per-epoch loss beside the reference curves
+#             (bench/reference_curve.py: loss_<stage>.csv/.md/.png) and its dev accuracy
+#   c bisect  bench/bisect_default.py: the first BISECT_EPOCHS pretraining epochs of the variants
+#             that decide whether bf16 can be the GPU default (bf16 with the explicit attention,
+#             bf16 through SDPA with cuDNN's attention disabled, bf16 through SDPA as the failing
+#             H100 run), all at once, beside the reference curves (bisect/bisect.md)
+#     rope, recipe   the 2024 handout's rope pipeline, and the fastest recipe
+#             (results/recipes/: RECIPE_VARIANT with RECIPE_FLAGS, DATA/ meaning the data), after
+#             the default's pipelines, for their final accuracy on a GPU
+#   d compiled  the vanilla pipeline with --compile, its loss beside the eager one's (vanilla)
+#   e bench   bench_speed.py --cli --cli_epochs 10 --compile (--plain against the default, the
+#             compiled step against eager) once the pipelines are done: on a GPU shared with
 #             them the speed-ups would measure the sharing as much as the code
 # In ROOT/<card>: summary.md (the table printed at the end), commands.txt, env.txt, log.txt,
-# <stage>.log, pipelines/<variant>/ (pipeline.sh's folder), loss_<variant>.*, same_seed.txt,
-# bench.md. Rerun with the same ROOT to continue: stages that ended ok are kept (delete
-# stages/NAME.status to redo one), and the pipelines resume from their checkpoints.
+# <stage>.log, probe.md, kernels.md, pipelines/<stage>/ (pipeline.sh's folder), loss_<stage>.*,
+# bisect/, bench.md. Rerun with the same ROOT to continue: stages that ended ok are kept
+# (delete stages/NAME.status to redo one), and the pipelines resume from their checkpoints.
 #
-# Knobs (environment): DEVICE (cuda; cpu for a tiny check), STAGES (all six), PRETRAIN_EPOCHS
-# (the handout's), FINETUNE_EPOCHS (the handout's), SEED_EPOCHS (2), BISECT_EPOCHS (50),
-# BISECT_VARIANTS (all of bisect_default.py's), BENCH_ARGS ("--reps 3 --cli --cli_epochs 10 --compile"),
-# PYTHON (.venv's if there, else python3), WHEELS (.whl: pytest's wheels, used if pytest is missing).
+# Knobs (environment): DEVICE (cuda; cpu for a tiny check), STAGES (all), PRETRAIN_EPOCHS
+# (the handout's), FINETUNE_EPOCHS (the handout's), PROBE_RUNS (4), PROBE_EPOCHS (6),
+# BISECT_EPOCHS (50), BISECT_VARIANTS (bf16 bf16_sdpa_no_cudnn bf16_sdpa), RECIPE_VARIANT,
+# RECIPE_FLAGS, BENCH_ARGS ("--reps 3 --cli --cli_epochs 10 --compile"), PYTHON (.venv's if
+# there, else python3), WHEELS (.whl: pytest's wheels, used if pytest is missing).
 # A tiny run on CPU, as tests/test_gpu_check.py makes it:
-#   DEVICE=cpu PRETRAIN_EPOCHS=2 FINETUNE_EPOCHS=1 SEED_EPOCHS=1 BISECT_EPOCHS=1 BISECT_VARIANTS=course \
+#   DEVICE=cpu PRETRAIN_EPOCHS=2 FINETUNE_EPOCHS=1 PROBE_RUNS=2 PROBE_EPOCHS=1 BISECT_EPOCHS=1 \
 #     BENCH_ARGS="--reps 1 --rows 2 --questions 2" bash bench/gpu_check.sh data ../shared/reference /tmp/gpu
 #
 # On a lent GPU (results/README.md, "On a GPU", has the whole procedure). Here, once: the data
@@ -76,8 +82,18 @@ results_dirs() {  # the results folders in $1: $1 itself, or its subfolders that
   for d in "$1"/*/; do if [ -d "$d/stages" ]; then echo "${d%/}"; fi; done
 }
 
+PIPELINES="vanilla perceiver rope recipe compiled"  # in priority order
+variant_of() {  # the run.py variant of pipeline stage $1
+  case $1 in
+    compiled) echo vanilla ;;
+    recipe) echo "${RECIPE_VARIANT:-rope}" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 state_file() {  # what a later session needs to continue pipeline $2 in folder $1 (params are not packed)
-  local p=$1 v=$2 f
+  local p=$1 v f
+  v=$(variant_of "$2")
   for f in "$v.finetune.params" "$v.pretrain.params" "$v.pretrain.params.ckpt"; do
     if [ -f "$p/$f" ]; then echo "$p/$f"; return; fi
   done
@@ -100,7 +116,7 @@ pack() {  # DEST ROOT FINAL: each results folder as DEST/gpu_check_<card>.tgz (n
       # an unfinished pipeline: its checkpoint in pieces of 15 MiB, one pipeline's only (about 40 MB;
       # 64 MiB come back in all), so that a later session can carry it back and resume
       rm -f "$dest"/*.part[0-9]
-      for v in vanilla perceiver; do
+      for v in $PIPELINES; do
         case $(state "$r" $v) in ""|ok) continue ;; esac
         s=$(state_file "$r/pipelines/$v" "$v")
         if [ -n "$s" ]; then split -b 15M -d -a 1 "$s" "$dest/$(basename "$s").part"; break; fi
@@ -155,13 +171,18 @@ if [ "${1:-}" = --stage ]; then
     echo "$line" >> "$R/commands.txt"
     "$@"
   }
-  reference_args() {  # ref_args=(--reference the course-rule reference curves of variant $1), or none
+  reference_args() {  # ref_args=(--reference the course-rule reference curves of variant $1, and files $2...)
     local f refs=()
-    for f in "$GC_REF"/ref_"$1"_course_s*.csv; do if [ -f "$f" ]; then refs+=("$f"); fi; done
+    for f in "$GC_REF"/ref_"$1"_course_s*.csv "${@:2}"; do if [ -f "$f" ]; then refs+=("$f"); fi; done
     ref_args=()
     if [ ${#refs[@]} -gt 0 ]; then ref_args=(--reference "${refs[@]}"); fi
   }
   case $stage in
+    probe)
+      cmd "$PY" "$helper" probe "$DEVICE" "$GC_DATA/wiki.txt" "$PROBE_RUNS" "$PROBE_EPOCHS" "$R/probe" > "$R/probe.md" \
+        || exit 1
+      cat "$R/probe.md"
+      ;;
     tests)
       if ! "$PY" -c "import pytest" 2>/dev/null; then
         wheels=$WHEELS
@@ -177,62 +198,48 @@ if [ "${1:-}" = --stage ]; then
       fi
       export A5_DATA_DIR="$GC_DATA"
       cmd "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_gpu_check.py tests/test_model.py \
-        tests/test_corruption.py tests/test_trainer.py
+        tests/test_corruption.py tests/test_trainer.py tests/test_attention_kernels.py
       ;;
-    same_seed)
-      d="$R/same_seed"
-      rm -rf "$d"
-      pair() {  # LABEL [FLAGS]: two same-seed runs at once, then their params compared (stdout: the verdict)
-        local label=$1 k bad=0 pids=()
-        shift
-        for k in a b; do
-          mkdir -p "$d/${label}_$k"
-          (cd "$d/${label}_$k" && cmd "$PY" "$here/src/run.py" pretrain vanilla "$GC_DATA/wiki.txt" \
-            --max_epochs "$SEED_EPOCHS" --seed 0 --device "$DEVICE" --writing_params_path vanilla.params "$@" \
-            > out.txt 2> err.txt) &
-          pids+=($!)
-        done
-        for k in "${pids[@]}"; do wait "$k" || bad=1; done
-        grep -h "^trained" "$d/${label}"_*/out.txt >&2
-        if [ $bad = 1 ]; then tail -n 3 "$d/${label}"_*/err.txt >&2; return 2; fi
-        "$PY" "$helper" same_params "$d/${label}_a/vanilla.params" "$d/${label}_b/vanilla.params"
-      }
-      what="2 runs of pretrain vanilla --max_epochs $SEED_EPOCHS --seed 0 at once"
-      verdict=$(pair default)
-      case $? in
-        0) echo "**identical** params: $verdict ($what)" ;;
-        3) echo "**differ** on the default path: $verdict ($what)"
-           plain=$(pair plain --plain)
-           case $? in
-             0) echo "with --plain (explicit attention, float32, torch's AdamW, a DataLoader): identical: the" \
-                     "default's attention kernels are the likely cause (flash attention's backward adds with atomics)" ;;
-             3) echo "with --plain (explicit attention, float32) too: $plain: not the attention kernels alone" ;;
-             *) echo "the --plain pair failed"; rm -f "$d"/*/vanilla.params; exit 1 ;;
-           esac ;;
-        *) echo "a run failed"; rm -f "$d"/*/vanilla.params; exit 1 ;;
-      esac > "$R/same_seed.txt"
-      rm -f "$d"/*/vanilla.params  # 13 MB each, and never packed
-      cat "$R/same_seed.txt"
+    kernels)
+      cmd "$PY" "$helper" kernels "$DEVICE" "$GC_DATA/wiki.txt" > "$R/kernels.md" || exit 1
+      cat "$R/kernels.md"
       ;;
     bisect)
       reference_args vanilla
       # shellcheck disable=SC2086  # BISECT_VARIANTS is a list of names
       cmd "$PY" "$here/bench/bisect_default.py" "$GC_DATA/wiki.txt" "$R/bisect" --epochs "$BISECT_EPOCHS" \
-        --device "$DEVICE" ${BISECT_VARIANTS:+--variants $BISECT_VARIANTS} "${ref_args[@]}"
+        --device "$DEVICE" --variants $BISECT_VARIANTS "${ref_args[@]}"
       ;;
-    vanilla|perceiver)
+    vanilla|perceiver|rope|recipe|compiled)
+      v=$(variant_of "$stage")
       p="$R/pipelines/$stage"
+      flags="--device $DEVICE${FINETUNE_EPOCHS:+ --max_epochs $FINETUNE_EPOCHS}"
+      pretrain=()
+      case $stage in
+        compiled) flags+=" --compile" ;;
+        # shellcheck disable=SC2206  # RECIPE_FLAGS is a list of arguments
+        recipe) pretrain=(${RECIPE_FLAGS//DATA\//$GC_DATA/}) ;;
+      esac
       # FLAGS go to every command of the pipeline; the arguments after the folder to pretraining only
-      cmd env FLAGS="--device $DEVICE${FINETUNE_EPOCHS:+ --max_epochs $FINETUNE_EPOCHS}" \
-        bash "$here/bench/pipeline.sh" "$stage" "$GC_DATA" "$p" ${PRETRAIN_EPOCHS:+--max_epochs $PRETRAIN_EPOCHS}
+      cmd env FLAGS="$flags" bash "$here/bench/pipeline.sh" "$v" "$GC_DATA" "$p" "${pretrain[@]}" \
+        ${PRETRAIN_EPOCHS:+--max_epochs $PRETRAIN_EPOCHS}
       rc=$?
       tail -n 4 "$p/log.txt"
       [ $rc = 0 ] || exit $rc
       run_dir=$(ls -d "$p"/expt/pretrain/*/ | head -n 1)
-      per_epoch=$("$PY" "$helper" steps_per_epoch "$GC_DATA/wiki.txt" 128) || exit 1
-      reference_args "$stage"
+      # steps per epoch from pretraining's start-up line: "... E epochs = S steps"
+      per_epoch=$(sed -nE 's/^pretrain .* ([0-9]+) epochs = ([0-9,]+) steps.*/\1 \2/p' "$p/log.txt" | head -n 1 |
+                  awk '{gsub(",", "", $2); print int($2 / $1)}')
+      [ -n "$per_epoch" ] || { echo "no start-up line in $p/log.txt"; exit 1; }
+      if [ "$stage" = compiled ] || [ "$v" = rope ]; then
+        # beside the eager vanilla pipeline of this run (wait for it: it started first)
+        while [ "$(state "$R" vanilla)" = running ]; do sleep 5; done
+        reference_args vanilla "$R/loss_vanilla.csv"
+      else
+        reference_args "$v"
+      fi
       cmd "$PY" "$here/bench/reference_curve.py" "${run_dir%/}" "$R/loss_$stage" --steps_per_epoch "$per_epoch" \
-        --label "this project, default path" "${ref_args[@]}" > "$R/loss_$stage.md" || exit 1
+        --label "$stage" "${ref_args[@]}" > "$R/loss_$stage.md" || exit 1
       tail -n 3 "$R/loss_$stage.md"
       ;;
     bench)
@@ -253,12 +260,10 @@ mkdir -p "$ROOT" && ROOT=$(cd "$ROOT" && pwd) || exit 2
 echo $$ > "$ROOT/gpu_check.pid"  # what --wait watches
 trap 'rm -f "$ROOT/gpu_check.pid"' EXIT
 export DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES:-tests bisect same_seed vanilla perceiver bench}
+ALL="probe tests kernels vanilla perceiver bisect rope recipe compiled bench"
+STAGES=${STAGES:-$ALL}
 for s in $STAGES; do
-  case $s in
-    tests|bisect|same_seed|vanilla|perceiver|bench) ;;
-    *) echo "gpu_check.sh: unknown stage $s" >&2; exit 2 ;;
-  esac
+  case " $ALL " in *" $s "*) ;; *) echo "gpu_check.sh: unknown stage $s (stages: $ALL)" >&2; exit 2 ;; esac
 done
 card=$("$PY" "$helper" card "$DEVICE") || exit 1
 R="$ROOT/$card"
@@ -271,8 +276,11 @@ mkdir "$input/data" "$input/reference"
 cp "$DATA"/{wiki.txt,birth_places_train.tsv,birth_dev.tsv,birth_test_inputs.tsv} "$input/data/" || exit 1
 cp "$REF"/*.csv "$input/reference/" 2>/dev/null || echo "gpu_check.sh: note: no reference CSVs in $REF"
 export GC_DATA="$input/data" GC_REF="$input/reference" GC_RESULTS="$R" PRETRAIN_EPOCHS="${PRETRAIN_EPOCHS:-}"
-export FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-}" SEED_EPOCHS="${SEED_EPOCHS:-2}" WHEELS="${WHEELS:-$here/.whl}"
-export BISECT_EPOCHS="${BISECT_EPOCHS:-50}" BISECT_VARIANTS="${BISECT_VARIANTS:-}"
+export FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-}" WHEELS="${WHEELS:-$here/.whl}"
+export PROBE_RUNS="${PROBE_RUNS:-4}" PROBE_EPOCHS="${PROBE_EPOCHS:-6}" BISECT_EPOCHS="${BISECT_EPOCHS:-50}"
+export BISECT_VARIANTS="${BISECT_VARIANTS:-bf16 bf16_sdpa_no_cudnn bf16_sdpa}"
+# the fastest recipe of results/recipes/ (its README); DATA/ stands for the data folder
+export RECIPE_VARIANT="${RECIPE_VARIANT:-rope}" RECIPE_FLAGS="${RECIPE_FLAGS---final_epochs 100 --max_epochs 100}"
 export BENCH_ARGS="${BENCH_ARGS---reps 3 --cli --cli_epochs 10 --compile}"  # set but empty: no arguments
 
 log() { echo "[$(date -u '+%T')] $*" | tee -a "$R/log.txt"; }
@@ -280,10 +288,11 @@ log() { echo "[$(date -u '+%T')] $*" | tee -a "$R/log.txt"; }
   commit=$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "$(date -u '+%F %T') UTC; $(getconf _NPROCESSORS_ONLN) CPU cores; DEVICE=$DEVICE; commit $commit"
   "$PY" -c "import sys, torch; print(f'torch {torch.__version__}, Python {sys.version.split()[0]}' + (
-    f', CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''))"
+    f', CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}'
+    if torch.cuda.is_available() else ''))"
   echo "STAGES=\"$STAGES\" PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS FINETUNE_EPOCHS=$FINETUNE_EPOCHS" \
-    "SEED_EPOCHS=$SEED_EPOCHS BISECT_EPOCHS=$BISECT_EPOCHS BISECT_VARIANTS=\"$BISECT_VARIANTS\"" \
-    "BENCH_ARGS=\"$BENCH_ARGS\""
+    "PROBE_RUNS=$PROBE_RUNS BISECT_EPOCHS=$BISECT_EPOCHS BISECT_VARIANTS=\"$BISECT_VARIANTS\"" \
+    "RECIPE_VARIANT=$RECIPE_VARIANT RECIPE_FLAGS=\"$RECIPE_FLAGS\" BENCH_ARGS=\"$BENCH_ARGS\""
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 } > "$R/env.txt"
 echo "# $(date -u '+%F %T') UTC: DEVICE=$DEVICE STAGES=\"$STAGES\" bash bench/gpu_check.sh DATA REF ROOT" \
@@ -311,15 +320,26 @@ stage() {  # NAME LIMIT: bash gpu_check.sh --stage NAME within LIMIT seconds (0:
   "$PY" "$helper" summary "$R" > /dev/null 2>&1
 }
 
+pipelines() {  # the pipelines in priority order, at most $1 at once
+  local s
+  for s in $PIPELINES; do
+    selected "$s" || continue
+    while [ "$(jobs -rp | wc -l)" -ge "$1" ]; do sleep 2; done
+    stage "$s" 0 &
+  done
+  wait
+}
+
 log "results in $R; stages: $STAGES"
-pids=()
-for v in vanilla perceiver; do
-  if selected $v; then stage $v 0 & pids+=($!); fi
-done
-for s in tests bisect same_seed; do
+if selected probe; then stage probe 300; fi
+parallel=$(cat "$R/probe/parallel.txt" 2>/dev/null || echo 2)
+log "pipelines at once: $parallel"
+pipelines "$parallel" &
+scheduler=$!
+for s in tests kernels bisect; do
   if selected $s; then stage $s 900; fi
 done
-for p in "${pids[@]}"; do wait "$p"; done
+wait "$scheduler"
 if selected bench; then stage bench 1800; fi
 
 failed=()

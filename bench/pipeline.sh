@@ -10,7 +10,7 @@
 #   a compressed schedule (results/README.md):
 #     bash bench/pipeline.sh vanilla ../shared/data OUT --pretrain_lr 3e-3 --max_epochs 60 --final_epochs 60
 #
-# VARIANT is vanilla or perceiver (m = 64, as in the handout). $FLAGS go to every
+# VARIANT is vanilla, perceiver (m = 64, as in the handout) or rope. $FLAGS go to every
 # command (pretrain, finetune, evaluate), the other arguments to pretraining only. Writes OUT/log.txt
 # (every command, the lines it printed that matter, its wall time), the dev and
 # test predictions, TensorBoard logs in OUT/expt and, where matplotlib is
@@ -38,7 +38,7 @@ step() {  # $1: the file the step makes (skipped if it exists); the rest: run.py
     # progress bars redraw with \r: keep the last three lines as a terminal shows them
     tr '\r' '\n' < "$OUT/last.err" | grep -v '^ *$' | tail -3 >> "$log"; exit 1
   fi
-  grep -E "^(trained|resuming|Correct|Predictions written|decoded)" "$OUT/last.out" >> "$log" || true
+  grep -E "^((pretrain|finetune|evaluate) [a-z]+ on |trained|resuming|Correct|Predictions written|decoded)" "$OUT/last.out" >> "$log" || true
   echo "wall time: $((SECONDS - t0)) s" >> "$log"
 }
 

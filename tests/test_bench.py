@@ -272,9 +272,9 @@ def test_reported_rate_is_the_whole_runs(tmp_path):
 
 def test_bisect_default_changes_one_setting_per_variant(tmp_path, monkeypatch, capsys):
     """
-    bench/bisect_default.py's variants, set up as on a GPU (hardware.speed_settings for cuda),
-    training stubbed: each one differs from the variant it is named after in the one setting
-    its name says, and nothing else.
+    bench/bisect_default.py's variants, set up as on a GPU with bf16 arithmetic (hardware's speed
+    settings and precision for cuda, whatever this CPU computes), training stubbed: each one
+    differs from the variant it is named after in the one setting its name says, and nothing else.
     """
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import bisect_default
@@ -282,28 +282,38 @@ def test_bisect_default_changes_one_setting_per_variant(tmp_path, monkeypatch, c
     import trainer
     gpu_settings = hardware.speed_settings
     monkeypatch.setattr(hardware, "speed_settings", lambda device, *a, **kw: gpu_settings("cuda", *a, **kw))
+    # an H100's choices: float32 by default and with --plain, bf16 when asked
+    monkeypatch.setattr(hardware, "pick_dtype",
+                        lambda requested, device="cpu", plain=False: "float32" if plain or requested == "auto"
+                        else requested)
+    cudnn = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", cudnn.append)
     made = {}
 
     def train(self):
         c = self.config
         made[name] = dict(dtype=c.dtype, fused_adamw=c.fused_adamw, sub_batches=c.sub_batches,
                           device_batches=c.device_batches, log_every=c.log_every, ckpt=c.ckpt_path,
-                          explicit=self.raw_model.blocks[0].attn.plain, compiled=self.model is not self.raw_model)
+                          attention={m.attention for m in self.raw_model.modules() if hasattr(m, "attention")},
+                          compiled=self.model is not self.raw_model, cudnn_sdp=tuple(cudnn))
+        cudnn.clear()
     monkeypatch.setattr(trainer.Trainer, "train", train)
     for name in bisect_default.VARIANTS:
         bisect_default.train_variant(name, os.path.join(DATA, "wiki.txt"), str(tmp_path), 1, "cpu", 0)
     assert made["default"] == dict(dtype="float32", fused_adamw=True, sub_batches=1, device_batches=True,
-                                   log_every=25, ckpt=None, explicit=False, compiled=False)
+                                   log_every=25, ckpt=None, attention={"auto"}, compiled=False, cudnn_sdp=())
 
     def changed(a, b):
         return {k for k in made[a] if made[a][k] != made[b][k]}
-    bf16 = {"dtype"} if hardware.pick_dtype("bfloat16", "cpu") == "bfloat16" else set()  # else the fallback
-    assert changed("bf16", "default") == bf16
-    assert changed("bf16_explicit_attention", "bf16") == {"explicit"}
+    assert changed("bf16", "default") == {"dtype"}
+    assert changed("bf16_sdpa", "bf16") == {"attention"} and made["bf16_sdpa"]["attention"] == {"sdpa"}
+    assert changed("bf16_sdpa_no_cudnn", "bf16_sdpa") == {"cudnn_sdp"}
+    assert made["bf16_sdpa_no_cudnn"]["cudnn_sdp"] == (False,)
     assert changed("bf16_dataloader", "bf16") == {"device_batches"}
     assert changed("bf16_torch_adamw", "bf16") == {"fused_adamw"}
-    assert changed("course", "default") == {"fused_adamw", "device_batches", "explicit"}
-    assert changed("course_bf16", "course") == bf16
+    assert changed("course", "default") == {"fused_adamw", "device_batches", "attention"}
+    assert made["course"]["attention"] == {"explicit"}
+    assert changed("course_bf16", "course") == {"dtype"}
     assert changed("default_compiled", "default") == {"compiled"}
 
 

@@ -269,9 +269,9 @@ def tiny_inputs(tmp_path):
 
 
 def gpu_check(*args, **env):
-    knobs = dict(DEVICE="cpu", PRETRAIN_EPOCHS="2", FINETUNE_EPOCHS="1", SEED_EPOCHS="1", BISECT_EPOCHS="1",
-                 BISECT_VARIANTS="course", PYTHON=sys.executable,
-                 BENCH_ARGS="--reps 1 --rows 2 --questions 2", OMP_NUM_THREADS="1")
+    knobs = dict(DEVICE="cpu", PRETRAIN_EPOCHS="2", FINETUNE_EPOCHS="1", PROBE_RUNS="2", PROBE_EPOCHS="1",
+                 BISECT_EPOCHS="1", PYTHON=sys.executable, BENCH_ARGS="--reps 1 --rows 2 --questions 2",
+                 OMP_NUM_THREADS="1")
     knobs.update(env)
     return subprocess.run(["bash", SCRIPT, *map(str, args)], env=dict(os.environ, **knobs), capture_output=True,
                           text=True, timeout=900)
@@ -291,32 +291,49 @@ def test_gpu_check_runs_every_stage_on_cpu_at_a_tiny_size(tmp_path):
     summary = read(results / "summary.md")
     assert summary.strip() in out.stdout  # the table is printed at the end
     stages = table(summary)
-    assert list(stages) == ["tests", "bisect", "same_seed", "vanilla", "perceiver", "bench"]
+    assert list(stages) == ["probe", "tests", "kernels", "vanilla", "perceiver", "bisect", "rope", "recipe",
+                            "compiled", "bench"]
     assert all(status == "ok" and wall.endswith(" s") for status, wall, _ in stages.values()), summary
+    # a-e in priority order: the probe first, the pipelines (b) from the start, in order; the bench last
+    started = re.findall(r"\] (\w+): started", read(results / "log.txt"))
+    assert started[0] == "probe" and started[-1] == "bench", started
+    pipelines = [s for s in started if s in ("vanilla", "perceiver", "rope", "recipe", "compiled")]
+    # two at once (the probe's choice here): the first two start together, in either order
+    assert set(pipelines[:2]) == {"vanilla", "perceiver"} and pipelines[2:] == ["rope", "recipe", "compiled"]
+    assert started.index("vanilla") < started.index("kernels") and started.index("tests") < started.index("bisect")
+    assert re.fullmatch(r"2 at once kept \d+% of the lone run's steps/s: 2 pipelines run at once", stages["probe"][2])
     assert ("passed" if torch.cuda.is_available() else "skipped") in stages["tests"][2]
-    assert stages["same_seed"][2].startswith("**identical** params: all ")
-    assert re.fullmatch(r"course: epoch 1 loss [\d.]+, \+[\d.]+ from the references' mean: .*", stages["bisect"][2])
-    for variant, reference in (("vanilla", "27.8% and 21.7%"), ("perceiver", "13.6%")):
-        result = stages[variant][2]
-        assert "**dev " in result and "/6; course-faithful trainer: " + reference in result, result
-        assert "pretraining loss at epoch 2: " in result and f"ref_{variant}_course_s0 3.800" in result, result
+    assert re.fullmatch(r"training step: attention explicit \(aten::_softmax.*\); evaluation forward: attention "
+                        r"explicit \(.*\)", stages["kernels"][2]), stages["kernels"][2]
+    bisect = re.findall(r"(\w+): epoch 1 loss [\d.]+, [+-][\d.]+ from the references' mean", stages["bisect"][2])
+    assert bisect == ["bf16", "bf16_sdpa_no_cudnn", "bf16_sdpa"], stages["bisect"][2]
+    for stage, reference in (("vanilla", "27.8% and 21.7%"), ("perceiver", "13.6%"), ("rope", "40.4%"),
+                             ("recipe", None), ("compiled", "eager: the vanilla row")):
+        result = stages[stage][2]
+        assert "**dev " in result and "/6" in result and (reference is None or reference in result), result
+        refs = "loss_vanilla " if stage in ("rope", "recipe", "compiled") else f"ref_{stage}_course_s0 3.800"
+        assert "pretraining loss at epoch 2: " in result and refs in result, result
         # the per-epoch loss beside the reference curves, in their format
-        csv = read(results / f"loss_{variant}.csv").splitlines()
+        csv = read(results / f"loss_{stage}.csv").splitlines()
         assert csv[0] == "phase,epoch,mean_loss,lr_after_epoch" and [r.split(",")[1] for r in csv[1:]] == ["1", "2"]
-        assert (results / f"loss_{variant}.png").stat().st_size > 1000
-        assert "Correct: " in read(results / "pipelines" / variant / "log.txt")
+        assert (results / f"loss_{stage}.png").stat().st_size > 1000
+        assert "Correct: " in read(results / "pipelines" / stage / "log.txt")
     assert "pretraining step, vanilla: " in stages["bench"][2] and "\nIn short" in read(results / "bench.md")
     # every command, as it could be typed: the copied inputs shown as DATA and REF
     commands = read(results / "commands.txt")
-    for what in ("-m pytest -q", "src/run.py pretrain vanilla DATA/wiki.txt --max_epochs 1 --seed 0",
+    for what in ("-m pytest -q", "bench/gpu_check.py probe cpu DATA/wiki.txt 2 1 RESULTS/probe",
+                 "bench/gpu_check.py kernels cpu DATA/wiki.txt",
                  "bash bench/pipeline.sh perceiver DATA RESULTS/pipelines/perceiver --max_epochs 2",
+                 "FLAGS=--device\\ cpu\\ --max_epochs\\ 1\\ --compile bash bench/pipeline.sh vanilla DATA "
+                 "RESULTS/pipelines/compiled",
+                 "bash bench/pipeline.sh rope DATA RESULTS/pipelines/recipe --final_epochs 100 --max_epochs 100 "
+                 "--max_epochs 2",
                  "bench/reference_curve.py", "bench/bench_speed.py --data_dir DATA --device cpu",
-                 "bench/bisect_default.py DATA/wiki.txt RESULTS/bisect --epochs 1 --device cpu --variants course "
-                 "--reference REF/ref_vanilla_course_s0.csv REF/ref_vanilla_course_s1.csv"):
-        assert what in commands, commands
+                 "bench/bisect_default.py DATA/wiki.txt RESULTS/bisect --epochs 1 --device cpu --variants bf16 "
+                 "bf16_sdpa_no_cudnn bf16_sdpa --reference REF/ref_vanilla_course_s0.csv REF/ref_vanilla_course_s1.csv"):
+        assert what in commands, (what, commands)
     assert str(tmp_path) not in commands
     assert read(results / "finished").startswith("finished ") and "exit 0" in read(results / "finished")
-    assert not list((results / "same_seed").glob("*/vanilla.params"))
 
     # what a device call brings back: a tarball without params, and the summary
     dest = tmp_path / "dest"
@@ -327,31 +344,34 @@ def test_gpu_check_runs_every_stage_on_cpu_at_a_tiny_size(tmp_path):
     with tarfile.open(dest / "gpu_check_cpu.tgz") as tar:
         names = tar.getnames()
     assert "cpu/summary.md" in names and "cpu/loss_vanilla.csv" in names and "cpu/pipelines/vanilla/log.txt" in names
+    assert "cpu/kernels.md" in names and "cpu/probe.md" in names
     assert not [n for n in names if n.endswith((".params", ".ckpt"))]
 
 
 def test_gpu_check_reports_a_failing_stage_and_goes_on(tmp_path):
     data, ref = tiny_inputs(tmp_path)
     root = tmp_path / "gpu"
-    out = gpu_check(data, ref, root, STAGES="bench same_seed", BENCH_ARGS="--reps many")
+    out = gpu_check(data, ref, root, STAGES="bench probe", BENCH_ARGS="--reps many")
     assert out.returncode == 1, out.stdout + out.stderr
     results = root / "cpu"
     stages = table(read(results / "summary.md"))
-    assert list(stages) == ["same_seed", "bench"]
-    assert stages["bench"][0] == "**FAILED** (exit 2)" and stages["same_seed"][0] == "ok"
+    assert list(stages) == ["probe", "bench"]
+    assert stages["bench"][0] == "**FAILED** (exit 2)" and stages["probe"][0] == "ok"
     assert "invalid int value: 'many'" in stages["bench"][2]  # the stage's last words
     assert "exit 1, failed: bench" in read(results / "finished")
 
     # the same command again keeps what ended ok
-    again = gpu_check(data, ref, root, STAGES="same_seed")
-    assert again.returncode == 0 and "same_seed: ended ok in an earlier run: kept" in again.stdout
+    again = gpu_check(data, ref, root, STAGES="probe")
+    assert again.returncode == 0 and "probe: ended ok in an earlier run: kept" in again.stdout
 
     # a pipeline cut off with the device time: --wait also brings back, in pieces, what resumes it
-    (results / "stages" / "vanilla.status").write_text("running 0\n")
-    (results / "pipelines" / "vanilla").mkdir(parents=True)
-    (results / "pipelines" / "vanilla" / "vanilla.pretrain.params.ckpt").write_bytes(b"x" * 1000)
+    for stage, params in (("vanilla", "vanilla.pretrain.params.ckpt"), ("recipe", "rope.pretrain.params.ckpt")):
+        (results / "stages" / f"{stage}.status").write_text("running 0\n")
+        (results / "pipelines" / stage).mkdir(parents=True)
+        (results / "pipelines" / stage / params).write_bytes(stage.encode() * 1000)
     dest = tmp_path / "dest"
     subprocess.run(["bash", SCRIPT, "--wait", str(dest), "1", str(root)], capture_output=True, timeout=120,
                    env=dict(os.environ, PYTHON=sys.executable))
+    # one pipeline's only, the first in priority order (64 MiB come back from a device call in all)
     assert sorted(os.listdir(dest)) == ["gpu_check_cpu.tgz", "summary_cpu.md", "vanilla.pretrain.params.ckpt.part0"]
-    assert (dest / "vanilla.pretrain.params.ckpt.part0").read_bytes() == b"x" * 1000
+    assert (dest / "vanilla.pretrain.params.ckpt.part0").read_bytes() == b"vanilla" * 1000
