@@ -8,7 +8,9 @@
 #   bash run.sh vanilla_nopretrain [DATA]   part (d): finetune from scratch, evaluate
 #   bash run.sh vanilla_pretrain [DATA]     part (f): pretrain, finetune, evaluate
 #   bash run.sh perceiver_pretrain [DATA]   part (g): the same with the Perceiver, m = 64
-#   bash run.sh all [DATA]           all four parts, then collect_submission.sh
+#   bash run.sh rope_pretrain [DATA]        the 2024-25 handout's part: the same with rope
+#   bash run.sh all [DATA]           the 2023 handout's four parts, then collect_submission.sh
+#   bash run.sh all_2024 [DATA]      the 2024-25 handout's (rope in place of the Perceiver), then the same
 #
 # DATA is the folder of the course's wiki.txt and three TSVs (default: $A5_DATA_DIR,
 # else the current folder, as in the handout's commands); a part stops at once,
@@ -90,6 +92,7 @@ pretrain_finetune_evaluate() {  # $1: vanilla or perceiver; $2: pretrain-only fl
 
 vanilla_pretrain() { pretrain_finetune_evaluate vanilla ""; }
 perceiver_pretrain() { pretrain_finetune_evaluate perceiver "--pretrain_lr 6e-3" --bottleneck_dim 64; }
+rope_pretrain() { pretrain_finetune_evaluate rope ""; }
 
 demo() {
   # The whole pipeline on the synthetic corpus (100 people), shortened to minutes.
@@ -106,12 +109,14 @@ demo() {
   local start=$SECONDS
   export PRETRAIN_FLAGS="${PRETRAIN_FLAGS:---pretrain_lr 1e-3 --batch_size 32 --max_epochs 200 --final_epochs 200}"
   export FINETUNE_FLAGS="${FINETUNE_FLAGS:---batch_size 16 --finetune_lr 5e-5}"
-  { london; vanilla_nopretrain; vanilla_pretrain; perceiver_pretrain; } 2>&1 | tee "$log" | grep -E "^\+|Correct|trained|decoded"
+  { london; vanilla_nopretrain; vanilla_pretrain; perceiver_pretrain; rope_pretrain; } 2>&1 | tee "$log" |
+    grep -E "^\+|Correct|trained|decoded"
   echo
   echo "dev accuracy on the synthetic corpus ($((SECONDS - start)) s in all; log: out/demo/demo.log)"
   "$PYTHON" - "$log" <<'PY'
 import re, sys
-names = ["London baseline", "vanilla, no pretraining", "vanilla, pretrain + finetune", "perceiver (m=64), pretrain + finetune"]
+names = ["London baseline", "vanilla, no pretraining", "vanilla, pretrain + finetune", "perceiver (m=64), pretrain + finetune",
+         "rope, pretrain + finetune"]
 scores = re.findall(r"^Correct: (\S+) out of (\S+): (\S+)%", open(sys.argv[1]).read(), re.M)
 print("| run | dev accuracy |\n| --- | --- |")
 for name, (c, t, p) in zip(names, scores):
@@ -125,8 +130,10 @@ D="${2:-${A5_DATA_DIR:-$PWD}}"
 case "$cmd" in
   demo) setup requirements.txt; demo ;;
   test) setup requirements-dev.txt; cd "$here"; "$PYTHON" -m pytest -q tests ;;
-  london|vanilla_nopretrain|vanilla_pretrain|perceiver_pretrain) need_data "$cmd"; setup requirements.txt; "$cmd" ;;
+  london|vanilla_nopretrain|vanilla_pretrain|perceiver_pretrain|rope_pretrain) need_data "$cmd"; setup requirements.txt; "$cmd" ;;
   all) need_data all; setup requirements.txt; london; vanilla_nopretrain; vanilla_pretrain; perceiver_pretrain
        bash "$here/collect_submission.sh" "$PWD" ;;
-  *) echo "run.sh: unknown subcommand '$cmd' (demo, test, london, vanilla_nopretrain, vanilla_pretrain, perceiver_pretrain, all)" >&2; exit 2 ;;
+  all_2024) need_data all_2024; setup requirements.txt; london; vanilla_nopretrain; vanilla_pretrain; rope_pretrain
+       bash "$here/collect_submission.sh" "$PWD" ;;
+  *) echo "run.sh: unknown subcommand '$cmd' (demo, test, london, vanilla_nopretrain, vanilla_pretrain, perceiver_pretrain, rope_pretrain, all, all_2024)" >&2; exit 2 ;;
 esac

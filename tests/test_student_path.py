@@ -16,7 +16,7 @@ import model
 from conftest import ROOT, small_config
 
 COURSE_FILES = ["wiki.txt", "birth_places_train.tsv", "birth_dev.tsv", "birth_test_inputs.tsv"]
-PARTS = ["london", "vanilla_nopretrain", "vanilla_pretrain", "perceiver_pretrain", "all"]
+PARTS = ["london", "vanilla_nopretrain", "vanilla_pretrain", "perceiver_pretrain", "rope_pretrain", "all", "all_2024"]
 
 
 def repo_copy(tmp_path):
