@@ -164,17 +164,33 @@ def same_file(a, b):
 
 def check_writable(path, name):
     """Before any work: an output that cannot be written would fail only after training or decoding."""
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         fail(f"{path}: is a folder, not a file (--{name})")
-    if not os.path.isdir(folder):
-        fail(f"{path}: folder {folder} does not exist (--{name})")
+    if os.path.exists(path) and not os.path.isfile(path):  # a device or a FIFO (/dev/null): written in place
+        if not os.access(path, os.W_OK):
+            fail(f"{path}: cannot write: Permission denied (--{name})")
+        return
+    # through a link, its target is replaced (beside the target); a checkpoint goes beside the link
+    for folder in sorted({os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}):
+        if not os.path.isdir(folder):
+            fail(f"{path}: folder {folder} does not exist (--{name})")
+        problem = cannot_write_in(folder)
+        if problem:
+            fail(f"{path}: cannot write in folder {folder}: {problem} (--{name})")
+
+
+def cannot_write_in(folder):
+    """Why a file cannot be written in folder (read-only, full), or None."""
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.")
-        os.close(fd)
-        os.remove(probe)
+        try:
+            os.write(fd, b"x")  # a full disk still makes an empty file
+        finally:
+            os.close(fd)
+            os.remove(probe)
     except OSError as e:
-        fail(f"{path}: cannot write in folder {folder}: {e.strerror} (--{name})")
+        return e.strerror
+    return None
 
 
 def read_text(path):

@@ -1,0 +1,129 @@
+"""
+Nothing is lost by mistake: outputs land where their path points (through a link, on a
+device) with their permission bits; a bad output path, a busy params path, a wrong
+vocabulary or a Ctrl-C outside training is one line before or instead of a traceback.
+"""
+import contextlib
+import fcntl
+import io
+import os
+import re
+import runpy
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+import dataset
+import decoding
+import inputs
+import run
+import utils
+from conftest import ROOT
+from test_robustness import RUN, TRAIN, WIKI, cli, cli_process, one_clean_line, unchanged
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
+    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The corpus, vanilla params finetuned for one epoch, and a checkpoint of that run (--save_every 1)."""
+    d = tmp_path_factory.mktemp("trained")
+    (d / "wiki.txt").write_text(WIKI, encoding="utf-8")
+    (d / "train.tsv").write_text(TRAIN, encoding="utf-8")
+    out = cli(["finetune", "vanilla", "wiki.txt", "--writing_params_path", "vanilla.params", "--device", "cpu",
+               "--finetune_corpus_path", "train.tsv", "--max_epochs", "1", "--save_every", "1"], d)
+    assert out.returncode == 0, out.stderr
+    shutil.rmtree(d / "expt")
+    return d
+
+
+@pytest.fixture
+def params(trained, tmp_path):
+    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def evaluate(d, out="o.predictions", params="vanilla.params", wiki="wiki.txt", extra=()):
+    return cli(["evaluate", "vanilla", wiki, "--reading_params_path", params, "--eval_corpus_path", "train.tsv",
+                "--outputs_path", out, "--device", "cpu"] + list(extra), d)
+
+
+def pretrain(d, *extra):
+    return cli(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "1",
+                "--device", "cpu"] + list(extra), d)
+
+
+# ---------------------------------------------------------------- where outputs land
+
+@pytest.mark.parametrize("before,umask,after", [(0o644, 0o022, 0o644), (0o640, 0o022, 0o640),
+                                                (None, 0o022, 0o644), (None, 0o077, 0o600)])
+def test_atomic_write_keeps_the_permission_bits(tmp_path, before, umask, after):
+    """mkstemp makes 0600 files: an old file keeps its bits, a new one gets 0666 less the umask."""
+    path = tmp_path / "out.txt"
+    if before is not None:
+        path.write_text("old\n")
+        path.chmod(before)
+    old = os.umask(umask)
+    try:
+        utils.atomic_write(str(path), lambda f: f.write("new\n"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == after and path.read_text() == "new\n"
+
+
+def test_atomic_write_writes_through_a_link_to_its_target(tmp_path):
+    """A link into another folder (Google Drive) stays a link; its target gets the new content, atomically there."""
+    (tmp_path / "drive").mkdir()
+    (tmp_path / "here").mkdir()
+    target, link = tmp_path / "drive" / "out.txt", tmp_path / "here" / "out.txt"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    utils.atomic_write(str(link), lambda f: f.write("new\n"))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new\n"
+    assert os.listdir(tmp_path / "drive") == ["out.txt"] and os.listdir(tmp_path / "here") == ["out.txt"]
+
+
+def test_atomic_write_writes_into_a_fifo_in_place(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader already there: the write does not wait
+    try:
+        utils.atomic_write(str(fifo), lambda f: f.write("new\n"))
+        assert os.read(reader, 100) == b"new\n"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path) == ["pipe"]
+
+
+def test_predictions_to_a_device_are_written_in_place(params):
+    """--outputs_path /dev/null must not replace the system's /dev/null (as root on Colab it would)."""
+    null = params / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a copy of /dev/null
+    except (PermissionError, OSError) as e:
+        pytest.skip(f"cannot make a device here: {e}")
+    out = evaluate(params, out="null")
+    assert out.returncode == 0, out.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
+    assert not [f for f in os.listdir(params) if f.endswith(".tmp")]
+
+
+def test_predictions_through_a_link_land_in_its_target(params):
+    (params / "drive").mkdir()
+    target = params / "drive" / "dev.predictions"
+    target.write_text("old\n")
+    (params / "dev.predictions").symlink_to(target)
+    out = evaluate(params, out="dev.predictions")
+    assert out.returncode == 0, out.stderr
+    assert (params / "dev.predictions").is_symlink() and len(target.read_text().splitlines()) == 2
