@@ -164,6 +164,8 @@ def same_file(a, b):
 
 def check_writable(path, name):
     """Before any work: an output that cannot be written would fail only after training or decoding."""
+    if os.path.basename(path) in ("", ".", ".."):  # "", "newdir/": a folder's name, existing or not
+        fail(f"{path or repr(path)}: not a file name (--{name})")
     if os.path.isdir(path):
         fail(f"{path}: is a folder, not a file (--{name})")
     if os.path.exists(path) and not os.path.isfile(path):  # a device or a FIFO (/dev/null): written in place

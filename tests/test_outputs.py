@@ -127,3 +127,21 @@ def test_predictions_through_a_link_land_in_its_target(params):
     out = evaluate(params, out="dev.predictions")
     assert out.returncode == 0, out.stderr
     assert (params / "dev.predictions").is_symlink() and len(target.read_text().splitlines()) == 2
+
+
+# ---------------------------------------------------------------- bad output paths, before any work
+
+@pytest.mark.parametrize("function,path", [("pretrain", ""), ("pretrain", "newdir/"), ("pretrain", "newdir/."),
+                                           ("evaluate", ""), ("evaluate", "newdir/")])
+def test_output_paths_that_name_no_file_are_refused_before_any_work(params, function, path):
+    before = unchanged(params)
+    if function == "pretrain":
+        out = cli(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", path, "--max_epochs", "1",
+                   "--device", "cpu"], params)
+        flag = "--writing_params_path"
+    else:
+        out = evaluate(params, out=path)
+        flag = "--outputs_path"
+    err = one_clean_line(out, "not a file name", flag)
+    assert "trained" not in out.stdout and "decoded" not in out.stdout, err
+    assert unchanged(params) == before and sorted(os.listdir(params)) == sorted(before)
