@@ -4,6 +4,7 @@ line, unchanged, with a few additions (see --help).
 """
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
@@ -22,6 +23,11 @@ import mixing
 import model
 import trainer
 import utils
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs do not lock their params path
+    fcntl = None
 
 BLOCK_SIZE = 128
 
@@ -246,6 +252,45 @@ def load_params(gpt, path, args, device):
     gpt.load_state_dict(state)
 
 
+def lock_params_path(path):
+    """
+    Hold <path>.lock for the run: a second run on the same params path stops at once, where both
+    would train and the first would end with the second's params. flock, because the kernel lets
+    go of it when its process dies: a killed run leaves the file, not the lock. None where there are
+    no such locks (Windows, some network mounts): the run goes ahead unguarded.
+    """
+    if fcntl is None:
+        return None
+    lock_path = path + ".lock"
+    while True:
+        try:
+            f = open(lock_path, "a")
+        except OSError as e:
+            fail(f"{lock_path}: cannot write: {e.strerror}")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            fail(f"{path}: another run is writing these params (it holds {lock_path}): wait for it to end, "
+                 f"or give this run another --writing_params_path")
+        except OSError:
+            f.close()
+            return None
+        # a run that just ended removed the file after we opened it: lock the file that is there now
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
+                return f
+        f.close()
+
+
+def unlock(f):
+    """Remove the lock file while still holding it (a run that opened it meanwhile sees that), then let go."""
+    if f is not None:
+        with contextlib.suppress(OSError):
+            os.remove(f.name)
+        f.close()
+
+
 def params_variant(state):
     """The variant whose params a state_dict holds: the Perceiver's basis C, RoPE's lack of pos_emb."""
     if "down_block.C" in state:
@@ -375,6 +420,17 @@ def main(argv=None):
     rank = dist_env[0]
     if args.function == "evaluate" and rank != 0:
         return  # evaluation runs in one process
+    # the ranks share one params path: rank 0 holds it for all
+    lock = lock_params_path(args.writing_params_path) if args.function != "evaluate" and rank == 0 else None
+    try:
+        work(args, device, dist_env)
+    finally:
+        unlock(lock)
+
+
+def work(args, device, dist_env):
+    """The function asked for, pretrain, finetune or evaluate, once the arguments are checked."""
+    rank = dist_env[0]
     # ranks share the model's initial weights (DDP broadcasts rank 0's) but not their corruptions
     utils.set_seed(args.seed + rank)
 

@@ -145,3 +145,34 @@ def test_output_paths_that_name_no_file_are_refused_before_any_work(params, func
     err = one_clean_line(out, "not a file name", flag)
     assert "trained" not in out.stdout and "decoded" not in out.stdout, err
     assert unchanged(params) == before and sorted(os.listdir(params)) == sorted(before)
+
+
+# ---------------------------------------------------------------- one run per params path
+
+def hold(path):
+    """Take the lock a run takes on its params path, as a run that is still training holds it."""
+    f = open(path, "a")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def test_a_second_run_on_a_busy_params_path_is_refused_at_once(corpus):
+    with hold(corpus / "p.params.lock"):
+        out = pretrain(corpus)
+        one_clean_line(out, "p.params", "another run")
+        assert "trained" not in out.stdout and not os.path.exists(corpus / "p.params")
+    out = pretrain(corpus)  # once the first is done, the path is free
+    assert out.returncode == 0, out.stderr
+    assert not os.path.exists(corpus / "p.params.lock"), "a run that ended cleanly removes its lock file"
+
+
+def test_a_lock_file_left_by_a_killed_run_holds_nothing(corpus):
+    """A killed run cannot remove its lock file, but the kernel drops its lock: the next run goes ahead."""
+    (corpus / "p.params.lock").write_text("")
+    out = pretrain(corpus)
+    assert out.returncode == 0, out.stderr
+    (corpus / "p.params.ckpt").write_text("")
+    one_clean_line(pretrain(corpus), "p.params.ckpt", "--resume")  # a run that fails lets its lock go too
+    assert not os.path.exists(corpus / "p.params.lock")
+    with hold(corpus / "p.params.lock"):
+        pass
