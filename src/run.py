@@ -136,7 +136,7 @@ def check_args(args):
     outputs = ["outputs_path"] if args.function == "evaluate" else ["writing_params_path"]
     for name in outputs:
         path = getattr(args, name)
-        for written in (path, path + ".ckpt") if name == "writing_params_path" else (path,):
+        for written in (path, path + ".ckpt", path + ".lock") if name == "writing_params_path" else (path,):
             for source in sources:
                 if same_file(written, getattr(args, source)):
                     fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")

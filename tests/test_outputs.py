@@ -166,6 +166,15 @@ def test_a_second_run_on_a_busy_params_path_is_refused_at_once(corpus):
     assert not os.path.exists(corpus / "p.params.lock"), "a run that ended cleanly removes its lock file"
 
 
+def test_the_lock_file_is_never_an_input(corpus):
+    """The run removes its lock file at its end: it must not be the corpus."""
+    (corpus / "wiki.lock").write_text(WIKI, encoding="utf-8")
+    out = cli(["pretrain", "vanilla", "wiki.lock", "--writing_params_path", "wiki", "--max_epochs", "1", "--device", "cpu"],
+              corpus)
+    one_clean_line(out, "wiki.lock", "refusing to overwrite an input")
+    assert (corpus / "wiki.lock").read_text(encoding="utf-8") == WIKI
+
+
 def test_a_lock_file_left_by_a_killed_run_holds_nothing(corpus):
     """A killed run cannot remove its lock file, but the kernel drops its lock: the next run goes ahead."""
     (corpus / "p.params.lock").write_text("")
