@@ -70,12 +70,14 @@ def evaluate_places(filepath, predicted_places):
           predicted birth place of each person.
 
     Returns: (total, correct), floats
+
+    As in the course's, which strips each line, a gold answer's trailing whitespace does not count.
     """
     rows = read_questions(filepath)
     if not rows or rows[0][2] is None:
         print("No gold birth places provided; returning (0,0)")
         return (0, 0)
-    true_places = [answer for _, _, answer in rows]
+    true_places = [answer.rstrip() for _, _, answer in rows]
     total = len(true_places)
     if total != len(predicted_places):
         raise ValueError(f"{filepath}: {total} answers but {len(predicted_places)} predictions")

@@ -185,3 +185,20 @@ def test_a_lock_file_left_by_a_killed_run_holds_nothing(corpus):
     assert not os.path.exists(corpus / "p.params.lock")
     with hold(corpus / "p.params.lock"):
         pass
+
+
+# ---------------------------------------------------------------- scoring
+
+def test_gold_answers_with_trailing_whitespace_count(tmp_path):
+    """The course's evaluate_places strips each line: 'London ' in the file is London."""
+    path = tmp_path / "dev.tsv"
+    path.write_text("Where was A born?\tLondon \nWhere was B born?\tParis  \r\nWhere was C born?\tRome\n")
+    assert utils.evaluate_places(str(path), ["London", "Paris", "Rome"]) == (3.0, 3.0)
+    assert utils.evaluate_places(str(path), ["London ", "Paris", "Rome "]) == (3.0, 1.0)  # predictions as they are
+
+
+def test_london_on_a_dev_set_whose_lines_end_in_a_space(data_dir, tmp_path):
+    with open(os.path.join(data_dir, "birth_dev.tsv"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    (tmp_path / "dev.tsv").write_text("".join(line + " \n" for line in lines), encoding="utf-8")
+    assert utils.evaluate_places(str(tmp_path / "dev.tsv"), ["London"] * 500) == (500.0, 25.0)
