@@ -6,7 +6,9 @@ line, unchanged, with a few additions (see --help).
 import argparse
 import contextlib
 import hashlib
+import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -85,7 +87,8 @@ def parse_args(argv=None):
                       help="random seed: on CPU the same seed gives the same params (not on a GPU: atomic adds)")
     argp.add_argument("--shuffle", action="store_true",
                       help="a new order of the training rows every epoch (the course's loader keeps file order)")
-    argp.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    argp.add_argument("--device", default="auto",
+                      help="auto (cuda, then mps, then cpu), cuda (or cuda:N), mps or cpu; one torch does not see is refused")
     argp.add_argument("--num_workers", type=int, default=0,
                       help="DataLoader worker processes (a GPU makes pretraining batches itself and needs none)")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -145,6 +148,16 @@ def check_args(args):
         fail(f"--mix_questions_path is for pretrain, not {args.function}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         fail(f"--dropout must be at least 0 and below 1, got {args.dropout}")
+    check_device(args.device)
+    if args.num_workers < 0:
+        fail(f"--num_workers must not be negative, got {args.num_workers}")
+    for name in ("pretrain_lr", "finetune_lr", "final_epochs", "warmup_epochs"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):  # nan passes every comparison below
+            fail(f"--{name} must be a finite number, got {value}")
+    for name in ("pretrain_lr", "finetune_lr", "final_epochs"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            fail(f"--{name} must be above 0, got {getattr(args, name)}")
     if args.max_epochs is not None and args.max_epochs < 1:
         fail(f"--max_epochs must be at least 1, got {args.max_epochs}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -155,6 +168,21 @@ def check_args(args):
         fail(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
     if args.variant == "perceiver" and not 0 < args.bottleneck_dim <= BLOCK_SIZE:
         fail(f"--bottleneck_dim must be between 1 and {BLOCK_SIZE}, got {args.bottleneck_dim}")
+
+
+def check_device(name):
+    """A device torch can use here: an unknown name or a missing GPU would fail as the model moves to it."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        fail(f"--device {name}: unknown device (auto, cuda, cuda:N, mps or cpu)")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            fail(f"--device {name}: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
+        if ":" in name and int(name.split(":")[1]) >= count:
+            fail(f"--device {name}: this machine has {count} CUDA GPU{'s' if count > 1 else ''}, "
+                 f"cuda:0 to cuda:{count - 1}")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        fail(f"--device {name}: torch sees no MPS device here (torch.backends.mps.is_available() is False)")
 
 
 def flag(name):

@@ -169,8 +169,8 @@ def test_a_second_run_on_a_busy_params_path_is_refused_at_once(corpus):
 def test_the_lock_file_is_never_an_input(corpus):
     """The run removes its lock file at its end: it must not be the corpus."""
     (corpus / "wiki.lock").write_text(WIKI, encoding="utf-8")
-    out = cli(["pretrain", "vanilla", "wiki.lock", "--writing_params_path", "wiki", "--max_epochs", "1", "--device", "cpu"],
-              corpus)
+    out = cli(["pretrain", "vanilla", "wiki.lock", "--writing_params_path", "wiki", "--max_epochs", "1",
+               "--device", "cpu"], corpus)
     one_clean_line(out, "wiki.lock", "refusing to overwrite an input")
     assert (corpus / "wiki.lock").read_text(encoding="utf-8") == WIKI
 
@@ -202,3 +202,31 @@ def test_london_on_a_dev_set_whose_lines_end_in_a_space(data_dir, tmp_path):
         lines = f.read().splitlines()
     (tmp_path / "dev.tsv").write_text("".join(line + " \n" for line in lines), encoding="utf-8")
     assert utils.evaluate_places(str(tmp_path / "dev.tsv"), ["London"] * 500) == (500.0, 25.0)
+
+
+# ---------------------------------------------------------------- one line, not a traceback
+
+@pytest.mark.parametrize("device", ["cuda", "mps", "gpu", "cuda:7"])
+def test_a_device_that_is_not_here_is_one_line(corpus, device):
+    kind = device.split(":")[0]
+    if kind == "cuda" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    if kind == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    out = cli(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "1",
+               "--device", device], corpus)
+    one_clean_line(out, "--device", device)
+    assert not os.path.exists(corpus / "expt")
+
+
+@pytest.mark.parametrize("flag,value", [("--num_workers", "-1"), ("--finetune_lr", "nan"), ("--finetune_lr", "-6e-4"),
+                                        ("--finetune_lr", "0"), ("--pretrain_lr", "-6e-3"), ("--pretrain_lr", "inf"),
+                                        ("--final_epochs", "nan"), ("--final_epochs", "0"), ("--final_epochs", "-5"),
+                                        ("--warmup_epochs", "nan"), ("--warmup_epochs", "inf")])
+def test_numbers_out_of_range_are_one_line_before_any_work(corpus, flag, value):
+    function = ["finetune", "vanilla", "wiki.txt", "--finetune_corpus_path", "train.tsv"] if flag == "--finetune_lr" \
+        else ["pretrain", "vanilla", "wiki.txt"]
+    out = cli(function + ["--writing_params_path", "p.params", "--max_epochs", "1", "--device", "cpu",
+                          f"{flag}={value}"], corpus)
+    one_clean_line(out, flag, f"got {float(value) if flag != '--num_workers' else value}")
+    assert "trained" not in out.stdout and not os.path.exists(corpus / "p.params")
