@@ -144,6 +144,8 @@ def check_args(args):
                 if same_file(written, getattr(args, source)):
                     fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")
         check_writable(path, name)
+    if args.function != "evaluate":
+        check_log_dir(args)
     if args.mix_questions_path is not None and args.function != "pretrain":
         fail(f"--mix_questions_path is for pretrain, not {args.function}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
@@ -365,13 +367,32 @@ def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
     return tconf
 
 
+def log_dir(args):
+    """The course's TensorBoard folder, under the current folder."""
+    return "expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (args.function, args.tb_expt_name, args.variant,
+                                                   int(args.bottleneck_dim), args.pretrain_lr, args.finetune_lr)
+
+
+def check_log_dir(args):
+    """TensorBoard writes in the current folder, wherever the params go: a read-only or full one, or an expt
+    that is a file, must stop the run before its work, not after the corpus and the model."""
+    logs = log_dir(args)
+    folder = logs
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder) or "."
+    if not os.path.isdir(folder):
+        fail(f"{folder}: not a folder, but TensorBoard writes its logs in {logs}")
+    problem = cannot_write_in(folder)
+    if problem:
+        fail(f"{os.path.abspath(folder)}: cannot write: {problem} (TensorBoard writes its logs in {logs} "
+             f"under the current folder)")
+
+
 def train(args, gpt, train_dataset, tconf):
     rank, world_size, ckpt_path = tconf.rank, tconf.world_size, tconf.ckpt_path
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter  # imported here: evaluate does not need it
-        tconf.writer = SummaryWriter(log_dir="expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (
-            args.function, args.tb_expt_name, args.variant, int(args.bottleneck_dim),
-            args.pretrain_lr, args.finetune_lr))
+        tconf.writer = SummaryWriter(log_dir=log_dir(args))
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
     if os.path.exists(ckpt_path):
         if not args.resume:

@@ -230,3 +230,27 @@ def test_numbers_out_of_range_are_one_line_before_any_work(corpus, flag, value):
                           f"{flag}={value}"], corpus)
     one_clean_line(out, flag, f"got {float(value) if flag != '--num_workers' else value}")
     assert "trained" not in out.stdout and not os.path.exists(corpus / "p.params")
+
+
+def test_a_current_folder_where_tensorboard_cannot_write_is_refused_before_any_work(corpus):
+    """TensorBoard writes expt/ in the current folder, wherever the params go."""
+    (corpus / "out").mkdir()
+    (corpus / "expt").write_text("not a folder\n")
+    out = cli(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", str(corpus / "out" / "p.params"),
+               "--max_epochs", "1", "--device", "cpu"], corpus)
+    one_clean_line(out, "expt", "TensorBoard")
+    assert not os.listdir(corpus / "out")
+
+
+def test_a_read_only_current_folder_is_refused_before_any_work(corpus):
+    if os.geteuid() == 0:
+        pytest.skip("permissions do not bind root")
+    (corpus / "out").mkdir()
+    corpus.chmod(0o555)
+    try:
+        out = cli(["pretrain", "vanilla", str(corpus / "wiki.txt"), "--writing_params_path",
+                   str(corpus / "out" / "p.params"), "--max_epochs", "1", "--device", "cpu"], corpus)
+    finally:
+        corpus.chmod(0o755)
+    one_clean_line(out, "expt", "TensorBoard")
+    assert not os.listdir(corpus / "out")
