@@ -24,12 +24,17 @@ sources = sorted(glob.glob(os.path.join(here, "src", "*.py")))
 present = [f for f in outputs if os.path.isfile(f)]
 missing = [f for f in outputs if f not in present]
 tmp = "assignment5.zip.tmp"
-with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-    for f in sources:
-        z.write(f, os.path.join("src", os.path.basename(f)))
-    for f in present:
-        z.write(f)
-os.replace(tmp, "assignment5.zip")
+try:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sources:
+            z.write(f, os.path.join("src", os.path.basename(f)))
+        for f in present:
+            z.write(f)
+    os.replace(tmp, "assignment5.zip")
+except OSError as e:  # a read-only or full folder (or an unreadable output)
+    if os.path.isfile(tmp):
+        os.remove(tmp)
+    sys.exit(f"collect_submission.sh: cannot write assignment5.zip in {os.getcwd()} ({e.filename}: {e.strerror})")
 print(f"assignment5.zip: {len(sources)} source files and {len(present)} of {len(outputs)} outputs")
 
 problems = []

@@ -254,3 +254,28 @@ def test_a_read_only_current_folder_is_refused_before_any_work(corpus):
         corpus.chmod(0o755)
     one_clean_line(out, "expt", "TensorBoard")
     assert not os.listdir(corpus / "out")
+
+
+def collect(d, **env):
+    out = subprocess.run(["bash", os.path.join(ROOT, "collect_submission.sh"), str(d)], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHON=sys.executable, **env))
+    return out, [line for line in out.stderr.splitlines() if line.strip()]
+
+
+def test_collect_submission_where_the_zip_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "assignment5.zip.tmp").mkdir()  # what a read-only folder does to the zip's write, also as root
+    out, problems = collect(tmp_path)
+    assert out.returncode != 0 and len(problems) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert problems[0].startswith("collect_submission.sh: ") and "assignment5.zip" in problems[0], problems
+
+
+def test_collect_submission_in_a_read_only_folder_is_one_line(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("permissions do not bind root")
+    tmp_path.chmod(0o555)
+    try:
+        out, problems = collect(tmp_path)
+    finally:
+        tmp_path.chmod(0o755)
+    assert out.returncode != 0 and len(problems) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "assignment5.zip" in problems[0]
