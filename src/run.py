@@ -13,18 +13,22 @@ import sys
 import tempfile
 import time
 
-import torch
-import torch.distributed as dist
+try:  # torch takes seconds to import: a Ctrl-C meanwhile is one line too, not the import machinery's traceback
+    import torch
+    import torch.distributed as dist
 
-import checkpoint
-import dataset
-import decoding
-import hardware
-import inputs
-import mixing
-import model
-import trainer
-import utils
+    import checkpoint
+    import dataset
+    import decoding
+    import hardware
+    import inputs
+    import mixing
+    import model
+    import trainer
+    import utils
+except KeyboardInterrupt:
+    print("\nrun.py: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 try:
     import fcntl
@@ -524,4 +528,8 @@ def work(args, device, dist_env):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # outside training, which checkpoints first (trainer.py): reading, evaluating, saving
+        print("\nrun.py: interrupted", file=sys.stderr)
+        sys.exit(130)

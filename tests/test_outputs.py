@@ -279,3 +279,66 @@ def test_collect_submission_in_a_read_only_folder_is_one_line(tmp_path):
         tmp_path.chmod(0o755)
     assert out.returncode != 0 and len(problems) == 1 and "Traceback" not in out.stderr, out.stderr
     assert "assignment5.zip" in problems[0]
+
+
+def script(args, cwd):
+    """
+    `python run.py ARGS` in folder cwd, in this process: run.py's __main__ block runs too (its Ctrl-C
+    handler). A KeyboardInterrupt that escapes it is what a user would see as a traceback.
+    """
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here, argv = os.getcwd(), sys.argv
+    try:
+        os.chdir(cwd)
+        sys.argv = [RUN] + list(args)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(RUN, run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        code, _ = "escaped", err.write("Traceback (most recent call last):\nKeyboardInterrupt\n")
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_evaluating_is_one_line(params, monkeypatch):
+    monkeypatch.setattr(decoding, "predict_places", ctrl_c)
+    out = script(["evaluate", "vanilla", "wiki.txt", "--reading_params_path", "vanilla.params",
+                  "--eval_corpus_path", "train.tsv", "--outputs_path", "o.predictions", "--device", "cpu"], params)
+    assert out.returncode == 130 and out.stderr.strip() == "run.py: interrupted", out.stderr
+    assert not os.path.exists(params / "o.predictions")
+
+
+def test_ctrl_c_while_reading_the_corpus_is_one_line(corpus, monkeypatch):
+    monkeypatch.setattr(inputs, "read_text", ctrl_c)
+    out = script(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "1",
+                  "--device", "cpu"], corpus)
+    assert out.returncode == 130 and out.stderr.strip() == "run.py: interrupted", out.stderr
+
+
+def test_ctrl_c_while_saving_the_params_is_one_line_and_the_checkpoint_resumes(corpus, monkeypatch):
+    monkeypatch.setattr(utils, "save_atomic", ctrl_c)  # run.save_params's; the trainer's checkpoints have their own
+    out = script(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "1",
+                  "--device", "cpu"], corpus)
+    assert out.returncode == 130 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "run.py: interrupted"
+    assert not os.path.exists(corpus / "p.params") and os.path.exists(corpus / "p.params.ckpt")
+    monkeypatch.undo()
+    done = pretrain(corpus, "--resume")
+    assert done.returncode == 0 and os.path.exists(corpus / "p.params"), done.stderr
+
+
+def test_ctrl_c_while_importing_is_one_line(corpus):
+    """A real process: a stand-in tqdm that is 'interrupted' as it is imported (torch takes seconds to import)."""
+    (corpus / "fake").mkdir()
+    (corpus / "fake" / "tqdm.py").write_text("raise KeyboardInterrupt\n")
+    out = subprocess.run([sys.executable, RUN, "pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params",
+                          "--max_epochs", "1", "--device", "cpu"], cwd=corpus, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(corpus / "fake")))
+    assert out.returncode == 130 and out.stderr.strip() == "run.py: interrupted", out.stderr
