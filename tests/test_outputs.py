@@ -342,3 +342,14 @@ def test_ctrl_c_while_importing_is_one_line(corpus):
                           "--max_epochs", "1", "--device", "cpu"], cwd=corpus, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(corpus / "fake")))
     assert out.returncode == 130 and out.stderr.strip() == "run.py: interrupted", out.stderr
+
+
+def test_a_checkpoint_missing_a_key_is_one_line(params):
+    state = torch.load(params / "vanilla.params.ckpt.epoch1", weights_only=True)
+    del state["optimizer"]
+    torch.save(state, params / "vanilla.params.ckpt")
+    with pytest.raises(checkpoint.CheckpointError, match="optimizer"):
+        checkpoint.load(params / "vanilla.params.ckpt")
+    out = cli(["finetune", "vanilla", "wiki.txt", "--writing_params_path", "vanilla.params", "--device", "cpu",
+               "--finetune_corpus_path", "train.tsv", "--max_epochs", "1", "--resume"], params)
+    one_clean_line(out, "vanilla.params.ckpt: cannot resume", "optimizer")
