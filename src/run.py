@@ -49,6 +49,7 @@ HANDOUT = {
 }
 ROPE_PRETRAIN_FINAL_EPOCHS = 650  # the 2024 handout's final_tokens for pretraining (rope)
 VARIANTS = ["vanilla", "perceiver", "rope"]  # rope: the 2024-25 course's variant
+VOCAB_KEY = "a5_vocab_sha256"  # in a params file's state_dict._metadata[""]: see save_params
 
 
 def parse_args(argv=None):
@@ -262,7 +263,8 @@ def build_model(args, vocab_size):
     return model.GPT(mconf)
 
 
-def load_params(gpt, path, args, device):
+def load_params(gpt, path, args, device, vocab=None):
+    """Load params into gpt, or stop with one line saying why they do not fit (vocab: this corpus's vocab_sha256)."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean: not a params file
@@ -273,6 +275,9 @@ def load_params(gpt, path, args, device):
     this = f"{args.variant}" + (f" with --bottleneck_dim {args.bottleneck_dim}" if args.variant == "perceiver" else "")
     if params_variant(state) != args.variant:
         fail(f"{path}: holds {params_variant(state)} params, but this run builds a {this} model")
+    if vocab is not None and saved_vocab(state) not in (None, vocab):  # params of the course's code carry none
+        fail(f"{path}: params trained over another vocabulary than that of {args.pretrain_corpus_path} (another "
+             f"pretraining corpus): give the corpus they were pretrained on")
     if "down_block.C" in state and state["down_block.C"].shape != expected["down_block.C"].shape:
         fail(f"{path}: holds perceiver params with bottleneck_dim {state['down_block.C'].shape[1]}, "
              f"but this run builds a {this} model")
@@ -332,8 +337,25 @@ def params_variant(state):
     return "vanilla" if "pos_emb" in state else "rope"
 
 
-def save_params(gpt, path):
-    utils.save_atomic(gpt.state_dict(), path)
+def save_params(gpt, path, vocab):
+    state = gpt.state_dict()
+    # the course loads params with a strict load_state_dict: no key may be added, but the metadata of
+    # the root module is kept by torch.save and ignored by load_state_dict
+    state._metadata[""][VOCAB_KEY] = vocab
+    utils.save_atomic(state, path)
+
+
+def vocab_sha256(pretrain_dataset):
+    """The vocabulary's fingerprint: its characters in id order (PAD, MASK, then the corpus's, sorted)."""
+    itos = pretrain_dataset.itos
+    return hashlib.sha256("".join(itos[i] for i in range(len(itos))).encode("utf-8")).hexdigest()
+
+
+def saved_vocab(state):
+    """The vocab_sha256 that save_params stored with a state_dict, or None (the course's code stores none)."""
+    metadata = getattr(state, "_metadata", None)
+    root = metadata.get("", {}) if isinstance(metadata, dict) else {}
+    return root.get(VOCAB_KEY) if isinstance(root, dict) else None
 
 
 def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
@@ -418,7 +440,7 @@ def train(args, gpt, train_dataset, tconf):
     try:
         t.train()
         if rank == 0:
-            save_params(gpt, args.writing_params_path)
+            save_params(gpt, args.writing_params_path, args.vocab_sha256)
             os.remove(ckpt_path)
     except trainer.Interrupted as e:
         if rank == 0:
@@ -492,6 +514,7 @@ def work(args, device, dist_env):
     if not text.strip():
         fail(f"{args.pretrain_corpus_path}: empty corpus")
     pretrain_dataset = parsed(args.pretrain_corpus_path, lambda: dataset.CharCorruptionDataset(text, BLOCK_SIZE))
+    args.vocab_sha256 = vocab_sha256(pretrain_dataset)  # saved with the params, checked with those loaded
     gpt = build_model(args, pretrain_dataset.vocab_size).to(device)
     digest = hashlib.sha256(text.encode())  # of the training text: a resumed run must train on the same
 
@@ -516,12 +539,12 @@ def work(args, device, dist_env):
         args.corpus_sha256 = digest.hexdigest()[:16]
         phase = "finetune from scratch"
         if args.reading_params_path is not None:
-            load_params(gpt, args.reading_params_path, args, device)
+            load_params(gpt, args.reading_params_path, args, device, args.vocab_sha256)
             phase = "finetune from pretrained"
         tconf = trainer_config(args, phase, len(finetune_dataset), len(pretrain_dataset), device, dist_env)
         train(args, gpt, finetune_dataset, tconf)
     else:
-        load_params(gpt, args.reading_params_path, args, device)
+        load_params(gpt, args.reading_params_path, args, device, args.vocab_sha256)
         evaluate(args, gpt, pretrain_dataset, device)
     if dist.is_initialized():
         dist.destroy_process_group()

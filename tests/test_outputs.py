@@ -353,3 +353,81 @@ def test_a_checkpoint_missing_a_key_is_one_line(params):
     out = cli(["finetune", "vanilla", "wiki.txt", "--writing_params_path", "vanilla.params", "--device", "cpu",
                "--finetune_corpus_path", "train.tsv", "--max_epochs", "1", "--resume"], params)
     one_clean_line(out, "vanilla.params.ckpt: cannot resume", "optimizer")
+
+
+# ---------------------------------------------------------------- the vocabulary travels with the params
+
+def vocab_hash(text):
+    ds = dataset.CharCorruptionDataset(text, 128)
+    return run.vocab_sha256(ds)
+
+
+def test_params_carry_their_vocabulary_where_the_course_loader_ignores_it(params):
+    import argparse
+    sd = torch.load(params / "vanilla.params", weights_only=True)
+    assert sd._metadata[""]["a5_vocab_sha256"] == vocab_hash(WIKI)
+    assert not [k for k in sd if "vocab" in k]
+    ds = dataset.CharCorruptionDataset(WIKI, 128)
+    gpt = run.build_model(argparse.Namespace(variant="vanilla", plain=False), ds.vocab_size)
+    gpt.load_state_dict(torch.load(params / "vanilla.params"))  # the course's loader: strict, default torch.load
+
+
+@pytest.mark.parametrize("function", ["evaluate", "finetune"])
+def test_params_of_another_vocabulary_of_the_same_size_are_refused(params, function):
+    (params / "other.txt").write_text(WIKI.replace("z", "Q"), encoding="utf-8")  # one character swapped
+    assert dataset.CharCorruptionDataset(WIKI.replace("z", "Q"), 128).vocab_size == \
+        dataset.CharCorruptionDataset(WIKI, 128).vocab_size
+    if function == "evaluate":
+        out = evaluate(params, wiki="other.txt")
+    else:
+        out = cli(["finetune", "vanilla", "other.txt", "--reading_params_path", "vanilla.params", "--device", "cpu",
+                   "--writing_params_path", "f.params", "--finetune_corpus_path", "train.tsv", "--max_epochs", "1"],
+                  params)
+    one_clean_line(out, "vanilla.params", "another vocabulary", "other.txt")
+
+
+def test_params_without_a_vocabulary_still_load(params):
+    """The course's params carry no fingerprint: only their shapes can be checked."""
+    sd = torch.load(params / "vanilla.params", weights_only=True)
+    del sd._metadata[""]["a5_vocab_sha256"]
+    torch.save(sd, params / "course.params")
+    torch.save(dict(sd), params / "plain.params")  # no _metadata at all
+    for name in ("course.params", "plain.params"):
+        out = evaluate(params, params=name)
+        assert out.returncode == 0 and "Correct: " in out.stdout, out.stderr
+
+
+def state_dict(rows, vocab=None, perceiver=False):
+    """What collect_submission.sh looks at: the embedding's rows, the Perceiver's C, the fingerprint."""
+    sd = torch.nn.Module().state_dict()  # an OrderedDict with its _metadata
+    sd["tok_emb.weight"] = torch.zeros(rows, 8)
+    if perceiver:
+        sd["down_block.C"] = torch.zeros(1, 64, 8)
+    if vocab is not None:
+        sd._metadata[""]["a5_vocab_sha256"] = vocab
+    return sd
+
+
+def course_vocab_in_collect():
+    with open(os.path.join(ROOT, "collect_submission.sh"), encoding="utf-8") as f:
+        return re.search(r'COURSE_VOCAB_SHA256 = "([0-9a-f]{64})"', f.read()).group(1)
+
+
+def test_collect_submission_checks_the_vocabulary_of_each_params_file(tmp_path):
+    for name, n in {"vanilla.nopretrain.dev.predictions": 500, "vanilla.nopretrain.test.predictions": 437,
+                    "vanilla.pretrain.dev.predictions": 500, "vanilla.pretrain.test.predictions": 437,
+                    "perceiver.pretrain.dev.predictions": 500, "perceiver.pretrain.test.predictions": 437}.items():
+        (tmp_path / name).write_text("London\n" * n)
+    synthetic = vocab_hash(open(os.path.join(ROOT, "data", "wiki.txt"), encoding="utf-8").read())
+    torch.save(state_dict(256, course_vocab_in_collect()), tmp_path / "vanilla.model.params")
+    torch.save(state_dict(256, "0" * 64), tmp_path / "vanilla.finetune.params")  # another corpus of the same size
+    torch.save(state_dict(74, synthetic, perceiver=True), tmp_path / "perceiver.finetune.params")  # data/wiki.txt's
+    out, problems = collect(tmp_path)
+    assert out.returncode != 0 and len(problems) == 2, out.stderr
+    assert "vanilla.finetune.params: trained over another vocabulary of 256 ids" in out.stderr
+    assert "perceiver.finetune.params: trained over another vocabulary of 74 ids" in out.stderr
+    assert "vanilla.model.params: the course's vocabulary (wiki.txt)" in out.stdout
+
+
+def test_the_course_vocabulary_in_collect_submission_is_wiki_txt_s(wiki_text):
+    assert course_vocab_in_collect() == vocab_hash(wiki_text)
