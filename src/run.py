@@ -61,10 +61,14 @@ def parse_args(argv=None):
     argp.add_argument("pretrain_corpus_path", help="the pretraining corpus (wiki.txt); it defines the vocabulary")
     argp.add_argument("--bottleneck_dim", type=int, default=32, help="Perceiver bottleneck length m")
     argp.add_argument("--reading_params_path", default=None, help="params to load before finetuning or evaluating")
-    argp.add_argument("--writing_params_path", default=None, help="where to save the trained params")
+    argp.add_argument("--writing_params_path", default=None,
+                      help="where to save the trained params (through a link, to its target); a second run on "
+                           "the same path is refused while the first holds <path>.lock")
     argp.add_argument("--finetune_corpus_path", default=None, help="question<TAB>answer lines to finetune on")
     argp.add_argument("--eval_corpus_path", default=None, help="questions (with or without answers) to evaluate on")
-    argp.add_argument("--outputs_path", default=None, help="where to write one prediction per question")
+    argp.add_argument("--outputs_path", default=None,
+                      help="where to write one prediction per question (through a link, to its target; a device "
+                           "such as /dev/null in place)")
     argp.add_argument("--pretrain_lr", default=6e-3, type=float)
     argp.add_argument("--finetune_lr", default=6e-4, type=float)
     argp.add_argument("--tb_expt_name", default="run", help="debug string for tb log.")
@@ -93,7 +97,8 @@ def parse_args(argv=None):
     argp.add_argument("--shuffle", action="store_true",
                       help="a new order of the training rows every epoch (the course's loader keeps file order)")
     argp.add_argument("--device", default="auto",
-                      help="auto (cuda, then mps, then cpu), cuda (or cuda:N), mps or cpu; one torch does not see is refused")
+                      help="auto (cuda, then mps, then cpu), cuda (or cuda:N), mps or cpu; one that torch does not "
+                           "see here is refused")
     argp.add_argument("--num_workers", type=int, default=0,
                       help="DataLoader worker processes (a GPU makes pretraining batches itself and needs none)")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
