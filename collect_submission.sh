@@ -2,7 +2,8 @@
 # Builds assignment5.zip from src/*.py and the nine outputs of the handout, run
 # from the folder that holds them (default: this one), and checks what it zips:
 # each predictions file has the course's line count (500 dev, 437 test) and each
-# params file loads as its variant (the Perceiver's with the handout's m = 64).
+# params file loads as its variant (the Perceiver's with the handout's m = 64),
+# over the course's vocabulary (256 ids; the corpus run.py recorded, where it did).
 # Each problem is one line naming the file; then it exits non-zero (the zip then
 # holds what there is). The params check needs torch: $PYTHON, else this
 # repository's .venv, else python3; without torch it says they were not checked.
@@ -20,16 +21,25 @@ fi
 import glob, os, sys, zipfile
 here, outputs = sys.argv[1], sys.argv[2:]
 LINES = {"dev": 500, "test": 437}  # the course's birth_dev.tsv and birth_test_inputs.tsv
+# the course's vocabulary: PAD, MASK and the 254 characters of its wiki.txt (run.py's vocab_sha256 of them,
+# stored in each params file it writes)
+COURSE_VOCAB_IDS = 256
+COURSE_VOCAB_SHA256 = "6233c8fe29e2195d2b7ce1a4b58acd7fa942ed2264978a79d5269cde3743d2cc"
 sources = sorted(glob.glob(os.path.join(here, "src", "*.py")))
 present = [f for f in outputs if os.path.isfile(f)]
 missing = [f for f in outputs if f not in present]
 tmp = "assignment5.zip.tmp"
-with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-    for f in sources:
-        z.write(f, os.path.join("src", os.path.basename(f)))
-    for f in present:
-        z.write(f)
-os.replace(tmp, "assignment5.zip")
+try:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sources:
+            z.write(f, os.path.join("src", os.path.basename(f)))
+        for f in present:
+            z.write(f)
+    os.replace(tmp, "assignment5.zip")
+except OSError as e:  # a read-only or full folder (or an unreadable output)
+    if os.path.isfile(tmp):
+        os.remove(tmp)
+    sys.exit(f"collect_submission.sh: cannot write assignment5.zip in {os.getcwd()} ({e.filename}: {e.strerror})")
 print(f"assignment5.zip: {len(sources)} source files and {len(present)} of {len(outputs)} outputs")
 
 problems = []
@@ -68,6 +78,17 @@ for f in params if torch else []:
                             f"the handout's bottleneck is m = 64 (--bottleneck_dim 64)")
     elif "down_block.C" in sd:
         problems.append(f"{f}: Perceiver params (down_block.C), not the vanilla model's")
+    if isinstance(sd, dict) and torch.is_tensor(sd.get("tok_emb.weight")):
+        ids = sd["tok_emb.weight"].shape[0] if sd["tok_emb.weight"].dim() else 0
+        meta = getattr(sd, "_metadata", None)
+        vocab = meta.get("", {}).get("a5_vocab_sha256") if isinstance(meta, dict) else None
+        if ids != COURSE_VOCAB_IDS or vocab not in (None, COURSE_VOCAB_SHA256):
+            problems.append(f"{f}: trained over another vocabulary of {ids} ids, not the course's wiki.txt "
+                            f"({COURSE_VOCAB_IDS}: PAD, MASK and 254 characters): pretrain on the course's wiki.txt")
+        elif vocab is not None:
+            print(f"{f}: the course's vocabulary (wiki.txt)")
+        else:  # written by the course's code, or by this project before it stored the vocabulary
+            print(f"{f}: a vocabulary of the course's size ({ids} ids); which corpus is not recorded")
 
 if missing:
     problems.insert(0, "missing outputs: " + " ".join(missing))

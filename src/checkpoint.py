@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 FORMAT = 2  # 1 (until 2026-11) pickled numpy's RNG state and loaded only with weights_only=False
+# what Trainer.load_checkpoint reads: a checkpoint without one of them cannot be resumed
+KEYS = ("run", "model", "optimizer", "scaler", "tokens", "step", "epoch", "batches_done", "rng")
 
 
 class CheckpointError(ValueError):
@@ -32,6 +34,9 @@ def load(path, device="cpu"):
         raise CheckpointError(f"not a checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"not a checkpoint of this version (format {FORMAT}); delete it to start over")
+    missing = [key for key in KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"damaged: it has no {', '.join(missing)}; delete it to start over")
     return state
 
 

@@ -4,25 +4,37 @@ line, unchanged, with a few additions (see --help).
 """
 
 import argparse
+import contextlib
 import glob
 import hashlib
+import math
 import os
+import re
 import sys
 import tempfile
 import time
 
-import torch
-import torch.distributed as dist
+try:  # torch takes seconds to import: a Ctrl-C meanwhile is one line too, not the import machinery's traceback
+    import torch
+    import torch.distributed as dist
 
-import checkpoint
-import dataset
-import decoding
-import hardware
-import inputs
-import mixing
-import model
-import trainer
-import utils
+    import checkpoint
+    import dataset
+    import decoding
+    import hardware
+    import inputs
+    import mixing
+    import model
+    import trainer
+    import utils
+except KeyboardInterrupt:
+    print("\nrun.py: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs do not lock their params path
+    fcntl = None
 
 BLOCK_SIZE = 128
 
@@ -38,6 +50,7 @@ HANDOUT = {
 }
 ROPE_PRETRAIN_FINAL_EPOCHS = 650  # the 2024 handout's final_tokens for pretraining (rope)
 VARIANTS = ["vanilla", "perceiver", "rope"]  # rope: the 2024-25 course's variant
+VOCAB_KEY = "a5_vocab_sha256"  # in a params file's state_dict._metadata[""]: see save_params
 
 
 def parse_args(argv=None):
@@ -49,10 +62,14 @@ def parse_args(argv=None):
     argp.add_argument("pretrain_corpus_path", help="the pretraining corpus (wiki.txt); it defines the vocabulary")
     argp.add_argument("--bottleneck_dim", type=int, default=32, help="Perceiver bottleneck length m")
     argp.add_argument("--reading_params_path", default=None, help="params to load before finetuning or evaluating")
-    argp.add_argument("--writing_params_path", default=None, help="where to save the trained params")
+    argp.add_argument("--writing_params_path", default=None,
+                      help="where to save the trained params (through a link, to its target); a second run on "
+                           "the same path is refused while the first holds <path>.lock")
     argp.add_argument("--finetune_corpus_path", default=None, help="question<TAB>answer lines to finetune on")
     argp.add_argument("--eval_corpus_path", default=None, help="questions (with or without answers) to evaluate on")
-    argp.add_argument("--outputs_path", default=None, help="where to write one prediction per question")
+    argp.add_argument("--outputs_path", default=None,
+                      help="where to write one prediction per question (through a link, to its target; a device "
+                           "such as /dev/null in place)")
     argp.add_argument("--pretrain_lr", default=6e-3, type=float)
     argp.add_argument("--finetune_lr", default=6e-4, type=float)
     argp.add_argument("--tb_expt_name", default="run", help="debug string for tb log.")
@@ -80,7 +97,9 @@ def parse_args(argv=None):
                       help="random seed: on CPU the same seed gives the same params (not on a GPU: atomic adds)")
     argp.add_argument("--shuffle", action="store_true",
                       help="a new order of the training rows every epoch (the course's loader keeps file order)")
-    argp.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    argp.add_argument("--device", default="auto",
+                      help="auto (cuda, then mps, then cpu), cuda (or cuda:N), mps or cpu; one that torch does not "
+                           "see here is refused")
     argp.add_argument("--num_workers", type=int, default=0,
                       help="DataLoader worker processes (a GPU makes pretraining batches itself and needs none)")
     argp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -135,15 +154,27 @@ def check_args(args):
     outputs = ["outputs_path"] if args.function == "evaluate" else ["writing_params_path"]
     for name in outputs:
         path = getattr(args, name)
-        for written in (path, path + ".ckpt") if name == "writing_params_path" else (path,):
+        for written in (path, path + ".ckpt", path + ".lock") if name == "writing_params_path" else (path,):
             for source in sources:
                 if same_file(written, getattr(args, source)):
                     fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")
         check_writable(path, name)
+    if args.function != "evaluate":
+        check_log_dir(args)
     if args.mix_questions_path is not None and args.function != "pretrain":
         fail(f"--mix_questions_path is for pretrain, not {args.function}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         fail(f"--dropout must be at least 0 and below 1, got {args.dropout}")
+    check_device(args.device)
+    if args.num_workers < 0:
+        fail(f"--num_workers must not be negative, got {args.num_workers}")
+    for name in ("pretrain_lr", "finetune_lr", "final_epochs", "warmup_epochs"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):  # nan passes every comparison below
+            fail(f"--{name} must be a finite number, got {value}")
+    for name in ("pretrain_lr", "finetune_lr", "final_epochs"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            fail(f"--{name} must be above 0, got {getattr(args, name)}")
     if args.max_epochs is not None and args.max_epochs < 1:
         fail(f"--max_epochs must be at least 1, got {args.max_epochs}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -156,6 +187,21 @@ def check_args(args):
         fail(f"--warmup_epochs must not be negative, got {args.warmup_epochs}")
     if args.variant == "perceiver" and not 0 < args.bottleneck_dim <= BLOCK_SIZE:
         fail(f"--bottleneck_dim must be between 1 and {BLOCK_SIZE}, got {args.bottleneck_dim}")
+
+
+def check_device(name):
+    """A device torch can use here: an unknown name or a missing GPU would fail as the model moves to it."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        fail(f"--device {name}: unknown device (auto, cuda, cuda:N, mps or cpu)")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            fail(f"--device {name}: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
+        if ":" in name and int(name.split(":")[1]) >= count:
+            fail(f"--device {name}: this machine has {count} CUDA GPU{'s' if count > 1 else ''}, "
+                 f"cuda:0 to cuda:{count - 1}")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        fail(f"--device {name}: torch sees no MPS device here (torch.backends.mps.is_available() is False)")
 
 
 def flag(name):
@@ -171,17 +217,35 @@ def same_file(a, b):
 
 def check_writable(path, name):
     """Before any work: an output that cannot be written would fail only after training or decoding."""
-    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path) in ("", ".", ".."):  # "", "newdir/": a folder's name, existing or not
+        fail(f"{path or repr(path)}: not a file name (--{name})")
     if os.path.isdir(path):
         fail(f"{path}: is a folder, not a file (--{name})")
-    if not os.path.isdir(folder):
-        fail(f"{path}: folder {folder} does not exist (--{name})")
+    if os.path.exists(path) and not os.path.isfile(path):  # a device or a FIFO (/dev/null): written in place
+        if not os.access(path, os.W_OK):
+            fail(f"{path}: cannot write: Permission denied (--{name})")
+        return
+    # through a link, its target is replaced (beside the target); a checkpoint goes beside the link
+    for folder in sorted({os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}):
+        if not os.path.isdir(folder):
+            fail(f"{path}: folder {folder} does not exist (--{name})")
+        problem = cannot_write_in(folder)
+        if problem:
+            fail(f"{path}: cannot write in folder {folder}: {problem} (--{name})")
+
+
+def cannot_write_in(folder):
+    """Why a file cannot be written in folder (read-only, full), or None."""
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.")
-        os.close(fd)
-        os.remove(probe)
+        try:
+            os.write(fd, b"x")  # a full disk still makes an empty file
+        finally:
+            os.close(fd)
+            os.remove(probe)
     except OSError as e:
-        fail(f"{path}: cannot write in folder {folder}: {e.strerror} (--{name})")
+        return e.strerror
+    return None
 
 
 def read_text(path):
@@ -211,7 +275,8 @@ def build_model(args, vocab_size):
     return model.GPT(mconf)
 
 
-def load_params(gpt, path, args, device):
+def load_params(gpt, path, args, device, vocab=None):
+    """Load params into gpt, or stop with one line saying why they do not fit (vocab: this corpus's vocab_sha256)."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean: not a params file
@@ -222,6 +287,9 @@ def load_params(gpt, path, args, device):
     this = f"{args.variant}" + (f" with --bottleneck_dim {args.bottleneck_dim}" if args.variant == "perceiver" else "")
     if params_variant(state) != args.variant:
         fail(f"{path}: holds {params_variant(state)} params, but this run builds a {this} model")
+    if vocab is not None and saved_vocab(state) not in (None, vocab):  # params of the course's code carry none
+        fail(f"{path}: params trained over another vocabulary than that of {args.pretrain_corpus_path} (another "
+             f"pretraining corpus): give the corpus they were pretrained on")
     if "down_block.C" in state and state["down_block.C"].shape != expected["down_block.C"].shape:
         fail(f"{path}: holds perceiver params with bottleneck_dim {state['down_block.C'].shape[1]}, "
              f"but this run builds a {this} model")
@@ -235,6 +303,45 @@ def load_params(gpt, path, args, device):
     gpt.load_state_dict(state)
 
 
+def lock_params_path(path):
+    """
+    Hold <path>.lock for the run: a second run on the same params path stops at once, where both
+    would train and the first would end with the second's params. flock, because the kernel lets
+    go of it when its process dies: a killed run leaves the file, not the lock. None where there are
+    no such locks (Windows, some network mounts): the run goes ahead unguarded.
+    """
+    if fcntl is None:
+        return None
+    lock_path = path + ".lock"
+    while True:
+        try:
+            f = open(lock_path, "a")
+        except OSError as e:
+            fail(f"{lock_path}: cannot write: {e.strerror}")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            fail(f"{path}: another run is writing these params (it holds {lock_path}): wait for it to end, "
+                 f"or give this run another --writing_params_path")
+        except OSError:
+            f.close()
+            return None
+        # a run that just ended removed the file after we opened it: lock the file that is there now
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
+                return f
+        f.close()
+
+
+def unlock(f):
+    """Remove the lock file while still holding it (a run that opened it meanwhile sees that), then let go."""
+    if f is not None:
+        with contextlib.suppress(OSError):
+            os.remove(f.name)
+        f.close()
+
+
 def params_variant(state):
     """The variant whose params a state_dict holds: the Perceiver's basis C, RoPE's lack of pos_emb."""
     if "down_block.C" in state:
@@ -242,8 +349,25 @@ def params_variant(state):
     return "vanilla" if "pos_emb" in state else "rope"
 
 
-def save_params(gpt, path):
-    utils.save_atomic(gpt.state_dict(), path)
+def save_params(gpt, path, vocab):
+    state = gpt.state_dict()
+    # the course loads params with a strict load_state_dict: no key may be added, but the metadata of
+    # the root module is kept by torch.save and ignored by load_state_dict
+    state._metadata[""][VOCAB_KEY] = vocab
+    utils.save_atomic(state, path)
+
+
+def vocab_sha256(pretrain_dataset):
+    """The vocabulary's fingerprint: its characters in id order (PAD, MASK, then the corpus's, sorted)."""
+    itos = pretrain_dataset.itos
+    return hashlib.sha256("".join(itos[i] for i in range(len(itos))).encode("utf-8")).hexdigest()
+
+
+def saved_vocab(state):
+    """The vocab_sha256 that save_params stored with a state_dict, or None (the course's code stores none)."""
+    metadata = getattr(state, "_metadata", None)
+    root = metadata.get("", {}) if isinstance(metadata, dict) else {}
+    return root.get(VOCAB_KEY) if isinstance(root, dict) else None
 
 
 def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
@@ -282,13 +406,32 @@ def trainer_config(args, phase, train_rows, pretrain_rows, device, dist_env):
     return tconf
 
 
+def log_dir(args):
+    """The course's TensorBoard folder, under the current folder."""
+    return "expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (args.function, args.tb_expt_name, args.variant,
+                                                   int(args.bottleneck_dim), args.pretrain_lr, args.finetune_lr)
+
+
+def check_log_dir(args):
+    """TensorBoard writes in the current folder, wherever the params go: a read-only or full one, or an expt
+    that is a file, must stop the run before its work, not after the corpus and the model."""
+    logs = log_dir(args)
+    folder = logs
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder) or "."
+    if not os.path.isdir(folder):
+        fail(f"{folder}: not a folder, but TensorBoard writes its logs in {logs}")
+    problem = cannot_write_in(folder)
+    if problem:
+        fail(f"{os.path.abspath(folder)}: cannot write: {problem} (TensorBoard writes its logs in {logs} "
+             f"under the current folder)")
+
+
 def train(args, gpt, train_dataset, tconf):
     rank, world_size, ckpt_path = tconf.rank, tconf.world_size, tconf.ckpt_path
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter  # imported here: evaluate does not need it
-        tconf.writer = SummaryWriter(log_dir="expt/%s/%s_%s_%d_pt_lr_%f_ft_lr_%f" % (
-            args.function, args.tb_expt_name, args.variant, int(args.bottleneck_dim),
-            args.pretrain_lr, args.finetune_lr))
+        tconf.writer = SummaryWriter(log_dir=log_dir(args))
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
     if rank == 0 and remove_stale_temporaries(args.writing_params_path):
         print(f"removed the temporary files of an interrupted write beside {args.writing_params_path}")
@@ -312,7 +455,7 @@ def train(args, gpt, train_dataset, tconf):
     try:
         t.train()
         if rank == 0:
-            finish(t, gpt, args.writing_params_path)
+            finish(t, gpt, args.writing_params_path, args.vocab_sha256)
     except trainer.Interrupted as e:
         if rank == 0:
             print(f"\ninterrupted by {e} at epoch {t.epoch + 1}, step {t.step}: checkpoint in {ckpt_path}; "
@@ -325,14 +468,14 @@ def train(args, gpt, train_dataset, tconf):
             tconf.writer.close()
 
 
-def finish(t, gpt, params_path):
+def finish(t, gpt, params_path, vocab_sha256):
     """
     The trained params first (13 MB), then the checkpoint is deleted. Only if the params cannot
     be written (a full disk) is a checkpoint of the finished run tried (40 MB), so that --resume
     can write them once there is room; else the last one written stays.
     """
     try:
-        save_params(gpt, params_path)
+        save_params(gpt, params_path, vocab_sha256)
     except OSError as e:
         try:
             if t.config.world_size > 1:
@@ -400,6 +543,17 @@ def main(argv=None):
     rank = dist_env[0]
     if args.function == "evaluate" and rank != 0:
         return  # evaluation runs in one process
+    # the ranks share one params path: rank 0 holds it for all
+    lock = lock_params_path(args.writing_params_path) if args.function != "evaluate" and rank == 0 else None
+    try:
+        work(args, device, dist_env)
+    finally:
+        unlock(lock)
+
+
+def work(args, device, dist_env):
+    """The function asked for, pretrain, finetune or evaluate, once the arguments are checked."""
+    rank = dist_env[0]
     # ranks share the model's initial weights (DDP broadcasts rank 0's) but not their corruptions
     utils.set_seed(args.seed + rank)
 
@@ -408,6 +562,7 @@ def main(argv=None):
     if not text.strip():
         fail(f"{args.pretrain_corpus_path}: empty corpus")
     pretrain_dataset = parsed(args.pretrain_corpus_path, lambda: dataset.CharCorruptionDataset(text, BLOCK_SIZE))
+    args.vocab_sha256 = vocab_sha256(pretrain_dataset)  # saved with the params, checked with those loaded
     gpt = build_model(args, pretrain_dataset.vocab_size).to(device)
     digest = hashlib.sha256(text.encode())  # of the training text: a resumed run must train on the same
 
@@ -432,16 +587,20 @@ def main(argv=None):
         args.corpus_sha256 = digest.hexdigest()[:16]
         phase = "finetune from scratch"
         if args.reading_params_path is not None:
-            load_params(gpt, args.reading_params_path, args, device)
+            load_params(gpt, args.reading_params_path, args, device, args.vocab_sha256)
             phase = "finetune from pretrained"
         tconf = trainer_config(args, phase, len(finetune_dataset), len(pretrain_dataset), device, dist_env)
         train(args, gpt, finetune_dataset, tconf)
     else:
-        load_params(gpt, args.reading_params_path, args, device)
+        load_params(gpt, args.reading_params_path, args, device, args.vocab_sha256)
         evaluate(args, gpt, pretrain_dataset, device)
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # outside training, which checkpoints first (trainer.py): reading, evaluating, saving
+        print("\nrun.py: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -6,6 +6,7 @@ Sampling and evaluation helpers, as in the course code (the batched decoder that
 import io
 import os
 import random
+import stat
 import tempfile
 
 import numpy as np
@@ -69,12 +70,14 @@ def evaluate_places(filepath, predicted_places):
           predicted birth place of each person.
 
     Returns: (total, correct), floats
+
+    As in the course's, which strips each line, a gold answer's trailing whitespace does not count.
     """
     rows = read_questions(filepath)
     if not rows or rows[0][2] is None:
         print("No gold birth places provided; returning (0,0)")
         return (0, 0)
-    true_places = [answer for _, _, answer in rows]
+    true_places = [answer.rstrip() for _, _, answer in rows]
     total = len(true_places)
     if total != len(predicted_places):
         raise ValueError(f"{filepath}: {total} answers but {len(predicted_places)} predictions")
@@ -94,18 +97,33 @@ def atomic_write(path, write, mode="w"):
     """
     Call write(file) on a temporary file beside path, then rename it over path,
     so a crash never leaves a half-written file where a good one was, and a
-    failed write (a full disk) leaves no temporary file behind. An OSError
-    names path.
+    failed write (a full disk) leaves no temporary file behind. A link is
+    written through: its target is replaced (the temporary file beside the
+    target), so a link into Google Drive stays a link. A device or a FIFO is
+    written in place: replaced, /dev/null would become a file. The file keeps
+    its permission bits; a new one gets 0666 less the umask, as open() gives
+    (mkstemp's are 0600). An OSError names path.
     """
-    folder = os.path.dirname(os.path.abspath(path))
+    encoding = {"encoding": "utf-8"} if "b" not in mode else {}
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        try:  # through links, as open() follows them (also /dev/stdout's into /proc, which realpath cannot)
+            old = os.stat(path)
+        except FileNotFoundError:
+            old = None
+        if old is not None and not stat.S_ISREG(old.st_mode):
+            with open(path, mode, **encoding) as f:
+                write(f)
+            return
+        target = os.path.realpath(path)
+        folder = os.path.dirname(target)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(target) + ".", suffix=".tmp")
+        os.chmod(tmp, stat.S_IMODE(old.st_mode) if old is not None else 0o666 & ~umask())
+        with os.fdopen(fd, mode, **encoding) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
         tmp = None
         sync_folder(folder)
     except OSError as e:
@@ -113,6 +131,13 @@ def atomic_write(path, write, mode="w"):
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def umask():
+    """This process's umask: reading it means setting it, so set it straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sync_folder(folder):
