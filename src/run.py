@@ -471,12 +471,12 @@ def train(args, gpt, train_dataset, tconf):
 def finish(t, gpt, params_path, vocab_sha256):
     """
     The trained params first (13 MB), then the checkpoint is deleted. Only if the params cannot
-    be written (a full disk) is a checkpoint of the finished run tried (40 MB), so that --resume
-    can write them once there is room; else the last one written stays.
+    be written (a full disk, a Ctrl-C meanwhile) is a checkpoint of the finished run tried (40 MB),
+    so that --resume can write them; else the last one written stays.
     """
     try:
         save_params(gpt, params_path, vocab_sha256)
-    except OSError as e:
+    except (OSError, KeyboardInterrupt) as e:
         try:
             if t.config.world_size > 1:
                 raise OSError  # a checkpoint is a collective of every rank, and only rank 0 is here
@@ -485,6 +485,9 @@ def finish(t, gpt, params_path, vocab_sha256):
         except OSError:
             kept = (f"{t.config.ckpt_path} (if any) holds the last checkpoint written" if
                     os.path.exists(t.config.ckpt_path) else "no checkpoint could be written either")
+        if isinstance(e, KeyboardInterrupt):
+            print(f"\nrun.py: interrupted while saving {params_path}; {kept}: rerun with --resume", file=sys.stderr)
+            sys.exit(130)
         fail(f"{e.filename or params_path}: cannot write: {e.strerror}; {kept}: make room, then rerun with --resume")
     if os.path.exists(t.config.ckpt_path):
         os.remove(t.config.ckpt_path)

@@ -327,7 +327,8 @@ def test_ctrl_c_while_saving_the_params_is_one_line_and_the_checkpoint_resumes(c
     out = script(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--max_epochs", "1",
                   "--device", "cpu"], corpus)
     assert out.returncode == 130 and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.strip().splitlines()[-1] == "run.py: interrupted"
+    assert out.stderr.strip().splitlines()[-1] == ("run.py: interrupted while saving p.params; the finished run's "
+                                                   "checkpoint is in p.params.ckpt: rerun with --resume")
     assert not os.path.exists(corpus / "p.params") and os.path.exists(corpus / "p.params.ckpt")
     monkeypatch.undo()
     done = pretrain(corpus, "--resume")
