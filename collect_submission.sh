@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds assignment5.zip from src/*.py and the nine outputs of the handout, run
-# from the folder that holds them (default: this one), and checks what it zips:
+# from the folder that holds them (default: this one): the 2023 handout's, or the
+# 2024-25 handout's (rope's three in place of the Perceiver's) when the folder
+# holds rope outputs and no Perceiver's. It checks what it zips:
 # each predictions file has the course's line count (500 dev, 437 test) and each
 # params file loads as its variant (the Perceiver's with the handout's m = 64),
 # over the course's vocabulary (256 ids; the corpus run.py recorded, where it did).
@@ -10,9 +12,15 @@
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "${1:-$here}"
+last=perceiver
+if ls rope.finetune.params rope.pretrain.*.predictions > /dev/null 2>&1 &&
+   ! ls perceiver.finetune.params perceiver.pretrain.*.predictions > /dev/null 2>&1; then
+  last=rope
+  echo "collect_submission.sh: rope's outputs in place of the Perceiver's (the 2024-25 handout)"
+fi
 outputs="vanilla.model.params vanilla.nopretrain.dev.predictions vanilla.nopretrain.test.predictions
 vanilla.finetune.params vanilla.pretrain.dev.predictions vanilla.pretrain.test.predictions
-perceiver.finetune.params perceiver.pretrain.dev.predictions perceiver.pretrain.test.predictions"
+$last.finetune.params $last.pretrain.dev.predictions $last.pretrain.test.predictions"
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
   if [ -x "$here/.venv/bin/python" ]; then py="$here/.venv/bin/python"; else py="$(command -v python3 || command -v python)"; fi
@@ -70,14 +78,13 @@ for f in params if torch else []:
         continue
     if not isinstance(sd, dict) or "tok_emb.weight" not in sd or not all(torch.is_tensor(v) for v in sd.values()):
         problems.append(f"{f}: not a model's state_dict (run.py writes one with --writing_params_path)")
-    elif f.startswith("perceiver."):
-        if "down_block.C" not in sd:
-            problems.append(f"{f}: vanilla params (no down_block.C), not the Perceiver's")
-        elif (sd["down_block.C"].shape[1] if sd["down_block.C"].dim() == 3 else None) != 64:
-            problems.append(f"{f}: a Perceiver whose down_block.C is {tuple(sd['down_block.C'].shape)}: "
-                            f"the handout's bottleneck is m = 64 (--bottleneck_dim 64)")
-    elif "down_block.C" in sd:
-        problems.append(f"{f}: Perceiver params (down_block.C), not the vanilla model's")
+    # which model the params are (as run.py's params_variant): the Perceiver's basis C, RoPE's lack of pos_emb
+    elif (found := "perceiver" if "down_block.C" in sd else "vanilla" if "pos_emb" in sd else "rope") != \
+            f.split(".")[0]:
+        problems.append(f"{f}: {found} params, not the {f.split('.')[0]} model's")
+    elif found == "perceiver" and (sd["down_block.C"].shape[1] if sd["down_block.C"].dim() == 3 else None) != 64:
+        problems.append(f"{f}: a Perceiver whose down_block.C is {tuple(sd['down_block.C'].shape)}: "
+                        f"the handout's bottleneck is m = 64 (--bottleneck_dim 64)")
     if isinstance(sd, dict) and torch.is_tensor(sd.get("tok_emb.weight")):
         ids = sd["tok_emb.weight"].shape[0] if sd["tok_emb.weight"].dim() else 0
         meta = getattr(sd, "_metadata", None)

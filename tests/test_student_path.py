@@ -175,14 +175,16 @@ def state_dicts():
     vanilla = model.GPT(course(small_config())).state_dict()
     perceiver = model.GPT(course(small_config(perceiver=True, bottleneck_dim=64, block_size=64))).state_dict()
     perceiver32 = model.GPT(course(small_config(perceiver=True, bottleneck_dim=32, block_size=64))).state_dict()
-    return {"vanilla": vanilla, "perceiver": perceiver, "perceiver32": perceiver32}
+    rope = model.GPT(course(small_config(rope=True))).state_dict()
+    return {"vanilla": vanilla, "perceiver": perceiver, "perceiver32": perceiver32, "rope": rope}
 
 
-def write_outputs(d, sds, dev=500, test=437, **params):
-    """The nine outputs in d; params maps a params file to a key of sds (default: its own variant)."""
+def write_outputs(d, sds, dev=500, test=437, last="perceiver", **params):
+    """The nine outputs in d (last: perceiver, the 2023 handout's, or rope, the 2024-25 one's); params maps
+    a params file to a key of sds (default: its own variant)."""
     for name, n in PREDICTIONS.items():
-        (d / name).write_text("London\n" * (dev if n == 500 else test))
-    for name in ("vanilla.model.params", "vanilla.finetune.params", "perceiver.finetune.params"):
+        (d / name.replace("perceiver", last)).write_text("London\n" * (dev if n == 500 else test))
+    for name in ("vanilla.model.params", "vanilla.finetune.params", f"{last}.finetune.params"):
         torch.save(sds[params.get(name.replace(".", "_"), name.split(".")[0])], d / name)
 
 
@@ -219,8 +221,27 @@ def test_collect_refuses_params_of_the_wrong_variant(tmp_path, state_dicts):
     out, problems = collect(tmp_path)
     assert out.returncode != 0 and len(problems) == 3, out.stderr
     assert "vanilla.model.params: not a readable params file" in out.stderr
-    assert "vanilla.finetune.params: Perceiver params (down_block.C), not the vanilla model's" in out.stderr
-    assert "perceiver.finetune.params: vanilla params (no down_block.C), not the Perceiver's" in out.stderr
+    assert "vanilla.finetune.params: perceiver params, not the vanilla model's" in out.stderr
+    assert "perceiver.finetune.params: vanilla params, not the perceiver model's" in out.stderr
+
+
+def test_collect_takes_the_2024_handouts_rope_outputs(tmp_path, state_dicts):
+    """rope's three outputs in place of the Perceiver's, with the same checks."""
+    write_outputs(tmp_path, state_dicts, last="rope")
+    out, problems = collect(tmp_path)
+    assert out.returncode == 0 and problems == [], out.stderr
+    assert "rope's outputs in place of the Perceiver's (the 2024-25 handout)" in out.stdout
+    names = zipfile.ZipFile(tmp_path / "assignment5.zip").namelist()
+    assert {"rope.finetune.params", "rope.pretrain.dev.predictions", "rope.pretrain.test.predictions"} < set(names)
+    torch.save(state_dicts["vanilla"], tmp_path / "rope.finetune.params")
+    (tmp_path / "rope.pretrain.test.predictions").write_text("London\n" * 10)
+    os.remove(tmp_path / "vanilla.model.params")
+    out, problems = collect(tmp_path)
+    assert out.returncode != 0 and problems == [
+        "collect_submission.sh: missing outputs: vanilla.model.params",
+        "collect_submission.sh: rope.pretrain.test.predictions: 10 lines, the course's test set has 437 questions "
+        "(predictions made on another corpus?)",
+        "collect_submission.sh: rope.finetune.params: vanilla params, not the rope model's"], problems
 
 
 def test_collect_refuses_a_perceiver_of_another_bottleneck(tmp_path, state_dicts):
