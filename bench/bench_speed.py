@@ -46,22 +46,22 @@ from decoding import predict_places  # noqa: E402
 from inputs import encode, read_questions  # noqa: E402
 
 
-def handout_model(vocab_size, perceiver, plain=False):
-    """The handout's model (the Perceiver with m = 64), built by run.py."""
-    args = argparse.Namespace(variant="perceiver" if perceiver else "vanilla", bottleneck_dim=64, plain=plain)
-    return run.build_model(args, vocab_size)
+def handout_model(vocab_size, perceiver, plain=False, rope=False):
+    """The handout's model (the Perceiver with m = 64; rope: the 2024 handout's), built by run.py."""
+    variant = "perceiver" if perceiver else "rope" if rope else "vanilla"
+    return run.build_model(argparse.Namespace(variant=variant, bottleneck_dim=64, plain=plain), vocab_size)
 
 
-def make_trainer(perceiver, plain, vocab_size, dtype="float32", device="cpu", rows=128, compile=False):
+def make_trainer(perceiver, plain, vocab_size, dtype="float32", device="cpu", rows=128, compile=False, rope=False):
     """The handout's model and a trainer with run.py's speed settings: --plain's (plain), the default's,
     or the compiled default's (whole static batches)."""
-    gpt = handout_model(vocab_size, perceiver, plain).to(device)
+    gpt = handout_model(vocab_size, perceiver, plain, rope).to(device)
     settings = hardware.speed_settings(device, dtype, rows, plain=plain, compile=compile)
     return gpt, trainer.Trainer(gpt, None, None, trainer.TrainerConfig(learning_rate=6e-3, device=device, **settings))
 
 
-def make_step(perceiver, plain, vocab_size, x, y, dtype="float32", device="cpu", compile=False):
-    gpt, t = make_trainer(perceiver, plain, vocab_size, dtype, device, len(x), compile)
+def make_step(perceiver, plain, vocab_size, x, y, dtype="float32", device="cpu", compile=False, rope=False):
+    gpt, t = make_trainer(perceiver, plain, vocab_size, dtype, device, len(x), compile, rope)
     x, y = x.to(device), y.to(device)
 
     def step():
@@ -259,6 +259,13 @@ def main(argv=None):
                          f"({fmt(c)} against {fmt(eager)})")
             verdict.setdefault("faster", []).append(eager / c > 1)
         print(f"| {what} | {fmt(a)} | {fmt(b)} | {a / b:.1f}x | {cells} |{compiled or blank}", flush=True)
+    # rope (the 2024 handout's) beside vanilla, both on the default path: what RoPE's rotation costs
+    vanilla_step, rope_step = (make_step(False, False, pretrain.vocab_size, x_pt, y_pt, default_dtype, device, rope=r)
+                               for r in (False, True))
+    a, b = side_by_side(args.reps, vanilla_step, rope_step, device=device)
+    rope_line = (f"pretraining step, rope beside vanilla (default, {default_dtype}): {fmt(b)} against {fmt(a)}, "
+                 f"{b / a:.2f}x vanilla's")
+    short.append(rope_line)
     for variant in ("vanilla", "perceiver"):
         course, default, n = decode_eval(D, pretrain, variant == "perceiver", device, args.questions)
         a, b = side_by_side(1, course, default, device=device)
@@ -341,6 +348,7 @@ def main(argv=None):
                                                if faster and same else "keep eager (" + ", ".join(
                                                    ([] if faster else ["not faster everywhere"])
                                                    + ([] if same else ["not the same losses"])) + ")"))
+    print(f"\n{rope_line[0].upper()}{rope_line[1:]}.")
     print(f"\nIn short: run.py's default ({default_dtype}) against --plain"
           + (", and compiled against eager" if args.compile else "") + ":")
     for line in short:
