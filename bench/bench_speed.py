@@ -112,6 +112,30 @@ def side_by_side(reps, *ways, device="cpu"):
     return [statistics.median(t) for t in times]
 
 
+def checkpoint_cost(pretrain, x, y, dtype, device, step_seconds, reps):
+    """
+    What a checkpoint (params and AdamW state, written atomically and fsynced: Trainer.save_checkpoint)
+    costs a pretraining epoch of the default path: written after every epoch until 2026-12
+    (--checkpoint_minutes 0), now at most every 5 minutes.
+    """
+    import tempfile
+    gpt, t = make_trainer(False, False, pretrain.vocab_size, dtype, device, len(x))
+    t.train_step(x.to(device), y.to(device))  # AdamW's state exists after a step
+    with tempfile.TemporaryDirectory(dir=os.getcwd()) as tmp:  # the disk a run writes to, not a tmpfs
+        t.config.ckpt_path = os.path.join(tmp, "p.params.ckpt")
+        times = []
+        for _ in range(max(reps, 2)):
+            start = time.perf_counter()
+            t.save_checkpoint()
+            times.append(time.perf_counter() - start)
+        size = os.path.getsize(t.config.ckpt_path) / 1e6
+    save = statistics.median(times)
+    epoch = step_seconds * math.ceil(len(pretrain) / len(x))
+    return (f"checkpoint ({size:.0f} MB, fsynced) {fmt(save)}; a pretraining epoch ({math.ceil(len(pretrain) / len(x))} "
+            f"default steps) {fmt(epoch)}: a checkpoint after every epoch (before) added {save / epoch:.1%} to each, "
+            f"one every 5 minutes (now) adds {save / 300:.2%}")
+
+
 def decode_eval(data_dir, pretrain, perceiver, device="cpu", questions=None):
     gpt = handout_model(pretrain.vocab_size, perceiver).to(device).eval()
     rows = read_questions(os.path.join(data_dir, "birth_dev.tsv"))[:questions]
@@ -266,6 +290,8 @@ def main(argv=None):
     rope_line = (f"pretraining step, rope beside vanilla (default, {default_dtype}): {fmt(b)} against {fmt(a)}, "
                  f"{b / a:.2f}x vanilla's")
     short.append(rope_line)
+    checkpoint_line = checkpoint_cost(pretrain, x_pt, y_pt, default_dtype, device, a, args.reps)
+    short.append(checkpoint_line)
     for variant in ("vanilla", "perceiver"):
         course, default, n = decode_eval(D, pretrain, variant == "perceiver", device, args.questions)
         a, b = side_by_side(1, course, default, device=device)
@@ -349,6 +375,7 @@ def main(argv=None):
                                                    ([] if faster else ["not faster everywhere"])
                                                    + ([] if same else ["not the same losses"])) + ")"))
     print(f"\n{rope_line[0].upper()}{rope_line[1:]}.")
+    print(f"\n{checkpoint_line[0].upper()}{checkpoint_line[1:]}.")
     print(f"\nIn short: run.py's default ({default_dtype}) against --plain"
           + (", and compiled against eager" if args.compile else "") + ":")
     for line in short:
