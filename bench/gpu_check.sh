@@ -213,7 +213,8 @@ if [ "${1:-}" = --stage ]; then
     vanilla|perceiver|rope|recipe|compiled)
       v=$(variant_of "$stage")
       p="$R/pipelines/$stage"
-      flags="--device $DEVICE${FINETUNE_EPOCHS:+ --max_epochs $FINETUNE_EPOCHS}"
+      # a checkpoint every minute: the window may close without a signal, and a later session resumes
+      flags="--device $DEVICE --checkpoint_minutes 1${FINETUNE_EPOCHS:+ --max_epochs $FINETUNE_EPOCHS}"
       pretrain=()
       case $stage in
         compiled) flags+=" --compile" ;;

@@ -324,7 +324,7 @@ def test_gpu_check_runs_every_stage_on_cpu_at_a_tiny_size(tmp_path):
     for what in ("-m pytest -q", "bench/gpu_check.py probe cpu DATA/wiki.txt 2 1 RESULTS/probe",
                  "bench/gpu_check.py kernels cpu DATA/wiki.txt",
                  "bash bench/pipeline.sh perceiver DATA RESULTS/pipelines/perceiver --max_epochs 2",
-                 "FLAGS=--device\\ cpu\\ --max_epochs\\ 1\\ --compile bash bench/pipeline.sh vanilla DATA "
+                 "FLAGS=--device\\ cpu\\ --checkpoint_minutes\\ 1\\ --max_epochs\\ 1\\ --compile bash bench/pipeline.sh vanilla DATA "
                  "RESULTS/pipelines/compiled",
                  "bash bench/pipeline.sh rope DATA RESULTS/pipelines/recipe --final_epochs 100 --max_epochs 100 "
                  "--max_epochs 2",
