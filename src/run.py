@@ -1,6 +1,10 @@
 """
 Pretrain, finetune or evaluate the assignment's models: the course's command
-line, unchanged, with a few additions (see --help).
+line, unchanged, with a few additions (see --help). On every device training
+computes attention as the course does (explicit scores, softmax, dropout)
+wherever dropout is active; a GPU uses scaled_dot_product_attention only to
+evaluate, where no dropout applies (the one GPU pipeline trained through it,
+bf16 on an H100, failed: results/gpu/README.md).
 """
 
 import argparse
