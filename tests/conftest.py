@@ -2,10 +2,15 @@ import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
 sys.path.insert(0, SRC)
+
+# CUDA-only tests and cases: skipped here, run wherever there is a GPU (bench/gpu_check.sh runs `pytest -k cuda`,
+# so each has "cuda" in its name or parameters)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs wherever there is a GPU")
 
 
 @pytest.fixture(scope="session")

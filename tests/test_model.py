@@ -1,3 +1,4 @@
+import contextlib
 import os
 import re
 import subprocess
@@ -8,7 +9,7 @@ import torch
 
 import hardware
 import model
-from conftest import SRC, small_config
+from conftest import SRC, needs_cuda, small_config
 
 
 def full_config(perceiver=False, **kw):
@@ -68,11 +69,13 @@ def test_architecture_details():
 
 
 @pytest.mark.parametrize("perceiver", [False, True])
-@pytest.mark.parametrize("plain", [False, True])
+@pytest.mark.parametrize("way", ["plain", "auto", "sdpa"])
 @pytest.mark.parametrize("train", [False, True])
-def test_causal(perceiver, plain, train):
+def test_causal(perceiver, way, train):
+    """The course's computation (plain), the default (auto: explicit on CPU) and SDPA's kernels (sdpa)."""
     torch.manual_seed(0)
-    config = small_config(perceiver, plain=plain, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    config = small_config(perceiver, plain=way == "plain", attention="auto" if way == "plain" else way,
+                          embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
     gpt = model.GPT(config).train(train)
     idx = torch.randint(0, 40, (3, 16))
     for t in (0, 5, 9, 15):
@@ -106,24 +109,86 @@ def test_loss_ignores_pad():
     assert torch.allclose(loss, expected)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("perceiver", [False, True])
-def test_fast_attention_matches_course_attention(perceiver):
-    """scaled_dot_product_attention and the explicit score tensor: same loss and gradients."""
+def test_sdpa_attention_matches_course_attention(perceiver, device):
+    """
+    scaled_dot_product_attention (attention="sdpa": SDPA everywhere, CPU included) and the
+    course's explicit score tensor, handout-size models in training mode without dropout: the
+    same loss and gradients.
+    """
     torch.manual_seed(0)
     kw = dict(embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
-    plain = model.GPT(full_config(perceiver, plain=True, **kw))
-    fast = model.GPT(full_config(perceiver, plain=False, **kw))
+    plain = model.GPT(full_config(perceiver, plain=True, **kw)).to(device)
+    fast = model.GPT(full_config(perceiver, attention="sdpa", **kw)).to(device)
     fast.load_state_dict(plain.state_dict())
-    idx = torch.randint(0, 256, (4, 128))
-    targets = torch.randint(0, 256, (4, 128))
+    idx = torch.randint(0, 256, (4, 128), device=device)
+    targets = torch.randint(0, 256, (4, 128), device=device)
     losses, grads = [], []
-    for gpt in (plain, fast):
-        _, loss = gpt(idx, targets)
-        loss.backward()
-        losses.append(loss.item())
-        grads.append(torch.cat([p.grad.flatten() for p in gpt.parameters()]))
+    with sdpa_calls() as calls:
+        for gpt in (plain, fast):
+            _, loss = gpt(idx, targets)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(torch.cat([p.grad.flatten() for p in gpt.parameters()]))
+    assert len(calls) == 4  # fast's four attention layers (the Perceiver's: down, 2 blocks, up), once each
     assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0])
     assert (grads[0] - grads[1]).norm() <= 1e-5 * grads[0].norm()
+
+
+@contextlib.contextmanager
+def sdpa_calls(masks=None):
+    """
+    The dropout_p of every call to torch.nn.functional.scaled_dot_product_attention (attention.py's
+    F) inside the block and, into the list masks if given, whether the call had an attn_mask.
+    """
+    import attention
+    calls, sdpa = [], attention.F.scaled_dot_product_attention
+
+    def counted(*args, dropout_p=0.0, **kw):
+        calls.append(dropout_p)
+        if masks is not None:
+            masks.append(kw.get("attn_mask") is not None)
+        return sdpa(*args, dropout_p=dropout_p, **kw)
+    attention.F.scaled_dot_product_attention = counted
+    try:
+        yield calls
+    finally:
+        attention.F.scaled_dot_product_attention = sdpa
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_attention_setting_decides_where_sdpa_computes(device):
+    """
+    config.attention: "auto" (the default, also for a config without the attribute) calls SDPA
+    only off the CPU and only where no dropout applies; training with dropout is the course's
+    explicit computation on every device. "sdpa" calls it everywhere, dropout inside; "explicit"
+    and --plain never.
+    """
+    import argparse
+    import attention
+    q, k, v = (torch.randn(2, 4, 8, 8, device=device) for _ in range(3))
+    made = {"auto": dict(), "namespace": None, "sdpa": dict(attention="sdpa"),
+            "explicit": dict(attention="explicit"), "plain": dict(attention="sdpa", plain=True)}
+    gpu = device != "cpu"
+    expected = {  # (training with dropout, evaluating): SDPA's dropout_p, or None where it is not called
+        "auto": (None, 0.0 if gpu else None), "namespace": (None, 0.0 if gpu else None),
+        "sdpa": (0.1, 0.0), "explicit": (None, None), "plain": (None, None)}
+    for name, kw in made.items():
+        config = (argparse.Namespace(n_embd=32, n_head=4, block_size=8, attn_pdrop=0.1, resid_pdrop=0.1)
+                  if kw is None else model.GPTConfig(40, 8, n_embd=32, n_head=4, **kw))
+        layer = attention.CausalSelfAttention(config).to(device)
+        seen = []
+        for train in (True, False):
+            with sdpa_calls() as calls:
+                layer.train(train).attend(q, k, v)
+            seen.append(calls[0] if calls else None)
+        assert tuple(seen) == expected[name], name
+    # no dropout configured: nothing is dropped in training either, and "auto" may use SDPA off the CPU
+    layer = attention.CausalSelfAttention(model.GPTConfig(40, 8, n_embd=32, n_head=4, attn_pdrop=0.0)).to(device)
+    with sdpa_calls() as calls:
+        layer.train().attend(q, k, v)
+    assert calls == ([0.0] if gpu else [])
 
 
 def test_cheap_dropout_drops_p_of_every_position():
@@ -290,23 +355,26 @@ def test_gpus_train_in_float32_and_bf16_only_where_native(card, capability, bf16
     assert hardware.pick_dtype("float16", "cuda") == "float16"
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA here: runs wherever there is a GPU"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("tq,tk", [(8, 8), (4, 8), (8, 4)])
 def test_sdpa_is_causal_is_the_course_mask_corner(device, tq, tk):
     """
-    The GPU's fast path calls scaled_dot_product_attention(is_causal=True); for the
-    Perceiver's cross-attention (Tq = m < Tk = l down, Tq = l > Tk = m up) that must be
-    the course's mask[:Tq, :Tk], i.e. top-left aligned: query i sees keys 0..i.
+    attend's SDPA branch calls scaled_dot_product_attention(is_causal=True) (on a GPU when
+    evaluating, and everywhere with attention="sdpa"); for the Perceiver's cross-attention
+    (Tq = m < Tk = l down, Tq = l > Tk = m up) that must be the course's mask[:Tq, :Tk], i.e.
+    top-left aligned: query i sees keys 0..i.
     """
     import attention
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, t, 16, device=device) for t in (tq, tk, tk))
-    layers = {plain: attention.CausalSelfAttention(model.GPTConfig(40, 16, n_embd=48, n_head=3, attn_pdrop=0.0,
-                                                                   plain=plain)).to(device).eval()
-              for plain in (True, False)}
-    course = layers[True].attend(q, k, v)  # the course's computation with its mask[:Tq, :Tk]
+    layers = {way: attention.CausalSelfAttention(model.GPTConfig(40, 16, n_embd=48, n_head=3, attn_pdrop=0.0,
+                                                                 plain=way == "plain", attention=way))
+              .to(device).eval() for way in ("plain", "auto", "sdpa")}
+    course = layers["plain"].attend(q, k, v)  # the course's computation with its mask[:Tq, :Tk]
+    assert not torch.allclose(torch.nn.functional.scaled_dot_product_attention(q, k, v), course)  # the mask matters
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(sdpa, course, atol=1e-5)
-    fast = layers[False].attend(q, k, v)  # on CUDA, SDPA itself
-    assert torch.allclose(fast, course, atol=1e-5)
+    with sdpa_calls() as calls:
+        for way in ("auto", "sdpa"):  # auto: SDPA on a GPU, the explicit computation on CPU
+            assert torch.allclose(layers[way].attend(q, k, v), course, atol=1e-5), way
+    assert len(calls) == (2 if device != "cpu" else 1)
