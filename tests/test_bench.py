@@ -80,9 +80,9 @@ def test_pipeline_logs_an_interruption_readably_and_resumes(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, FLAGS="--device cpu", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     # the first step is done (and run.py's signal handlers are in place) once its progress bar names a loss
-    err = out / "last.err"
+    err, hung = out / "last.err", time.monotonic() + 300
     while not (err.exists() and b"train loss" in err.read_bytes()):
-        assert proc.poll() is None, (out / "log.txt").read_text(encoding="utf-8")
+        assert proc.poll() is None and time.monotonic() < hung, (out / "log.txt").read_text(encoding="utf-8")
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 1
