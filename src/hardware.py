@@ -59,13 +59,16 @@ def native_dtype(dtype, device):
         # capability 7.x), whose bf16 matmuls are emulated and lose SDPA's fused kernels
         return dtype == "float16" or torch.cuda.is_bf16_supported(including_emulation=False)
     if device == "cpu":
-        # without AVX512-BF16/FP16 or AMX, oneDNN emulates them, many times slower than float32
-        # (results/README.md, "Speed notes"); ATEN_CPU_CAPABILITY=avx2 imitates such a CPU
-        if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        # oneDNN computes bf16 (fp16) in hardware only with the AVX512-BF16 (AVX512-FP16) or AMX
+        # instructions; without them it emulates the type, no faster than float32 and on AVX2 many
+        # times slower (results/README.md, "Speed notes"). Not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # it asks only for AVX-512 (bw, vl, dq), which Skylake-SP to Ice Lake have without BF16.
+        # ATEN_CPU_CAPABILITY=avx2 imitates an AVX2-only CPU; a torch that cannot say: float32
+        if torch.backends.cpu.get_cpu_capability() == "AVX2" or not hasattr(torch.cpu, "get_capabilities"):
             return False
-        if dtype == "bfloat16":
-            return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
+        kind = "bf16" if dtype == "bfloat16" else "fp16"
+        has = torch.cpu.get_capabilities()
+        return bool(has.get(f"avx512_{kind}") or has.get(f"amx_{kind}"))
     return True
 
 
@@ -84,8 +87,8 @@ def pick_dtype(requested, device="cpu", plain=False):
         native = device == "cpu" and native_dtype("bfloat16", device)
         return "bfloat16" if native else "float32"
     if not native_dtype(requested, device):
-        print(f"run.py: note: this {device} has no {requested} arithmetic of its own (emulated, many times "
-              f"slower than float32): training in float32", file=sys.stderr)
+        print(f"run.py: note: this {device} has no {requested} arithmetic of its own (emulated, no faster "
+              f"than float32): training in float32", file=sys.stderr)
         return "float32"
     return requested
 

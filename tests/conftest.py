@@ -1,11 +1,24 @@
+import getpass
 import os
 import sys
+import tempfile
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
 sys.path.insert(0, SRC)
+
+# inductor's on-disk cache does not tell kernels compiled under ATEN_CPU_CAPABILITY=avx2 from those of the
+# CPU's own capability: loading one kind in the other aborts the process (torch 2.13). The suite runs both
+# ways on one machine, so each capability gets a cache of its own (passed on to the processes tests start)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{torch.backends.cpu.get_cpu_capability().lower()}"))
+
+# CUDA-only tests and cases: skipped here, run wherever there is a GPU (bench/gpu_check.sh runs `pytest -k cuda`,
+# so each has "cuda" in its name or parameters)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs wherever there is a GPU")
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def run(ckpt, stop_at=None, resume=False):
     cfg = model.GPTConfig(ds.vocab_size, 16, n_layer=2, n_head=2, n_embd=16)  # dropout on
     tconf = trainer.TrainerConfig(max_epochs=3, batch_size=16, learning_rate=1e-3, lr_decay=True,
                                   warmup_tokens=100, final_tokens=5000, sub_batches=2, ckpt_path=ckpt,
-                                  rank=rank, world_size=world_size)
+                                  device="cpu", rank=rank, world_size=world_size)
     t = StopOnRank1(model.GPT(cfg), ds, None, tconf)
     t.stop_at = stop_at
     if resume:

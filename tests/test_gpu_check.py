@@ -20,14 +20,13 @@ import dataset
 import hardware
 import run
 import trainer
-from conftest import ROOT
+from conftest import ROOT, needs_cuda
 from decoding import predict_places
 from inputs import encode, read_questions
+from test_model import sdpa_calls
 
 DATA = os.path.join(ROOT, "data")
 SCRIPT = os.path.join(ROOT, "bench", "gpu_check.sh")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs CUDA: bench/gpu_check.sh runs it where there is a GPU")
 
 
 def read(path):
@@ -94,44 +93,90 @@ def test_cuda_training_loop_waits_for_the_gpu_only_to_log():
     assert 1 <= syncs < steps / 2, f"{syncs} host synchronisations in {steps} steps"
 
 
-@needs_cuda
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("tq,tk", [(128, 128), (64, 128), (128, 64)])
-def test_cuda_bf16_attention_keeps_the_course_mask_corner(tq, tk):
+def test_bf16_sdpa_keeps_the_course_mask_corner(device, tq, tk):
     """
-    With --dtype bfloat16 training runs attention in bf16 (autocast), where SDPA may pick flash or memory-efficient
-    kernels, forward and backward: for the Perceiver's non-square attention (m = 64 queries
-    on 128 keys down, 128 on 64 up) they must keep the course's mask[:Tq, :Tk] (query i sees
-    keys 0..i; flash attention's own causal mask is bottom-right aligned). Against the course's
-    explicit computation in float32 on the same bf16-rounded inputs, within bf16's rounding.
+    SDPA in bf16 (training under --dtype bfloat16 with --dropout 0 on a GPU, or attention="sdpa" as
+    the GPU check's bisect has it) may pick flash or memory-efficient kernels, forward and backward,
+    on CPU too: for the Perceiver's non-square attention (m = 64 queries on 128 keys down, 128 on 64
+    up) they must keep the course's mask[:Tq, :Tk] (query i sees keys 0..i; flash attention's own
+    causal mask is bottom-right aligned). Against the course's explicit computation in float32 on
+    the same bf16-rounded inputs, within bf16's rounding.
     """
     torch.manual_seed(0)
     conf = argparse.Namespace(n_embd=256, n_head=8, block_size=128, attn_pdrop=0.1, resid_pdrop=0.1)
-    course_attn, fast_attn = (attention.CausalSelfAttention(argparse.Namespace(**vars(conf), plain=plain))
-                              .cuda().eval() for plain in (True, False))
-    q, k, v = (torch.randn(4, 8, t, 32, device="cuda").bfloat16().float().requires_grad_() for t in (tq, tk, tk))
+    course_attn, fast_attn = (attention.CausalSelfAttention(argparse.Namespace(**vars(conf), plain=plain,
+                                                                               attention="sdpa"))
+                              .to(device).eval() for plain in (True, False))
+    q, k, v = (torch.randn(4, 8, t, 32, device=device).bfloat16().float().requires_grad_() for t in (tq, tk, tk))
     course = course_attn.attend(q, k, v)
     grad = torch.randn_like(course)
     course_grads = torch.autograd.grad(course, (q, k, v), grad)
     fast_inputs = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
-    fast = fast_attn.attend(*fast_inputs)
+    with sdpa_kernel_or_skip(None, *fast_inputs, grad.bfloat16(), (0.0,)), sdpa_calls() as calls:
+        fast = fast_attn.attend(*fast_inputs)
+    assert calls == [0.0]
     fast_grads = torch.autograd.grad(fast, fast_inputs, grad.bfloat16())
     for mine, theirs in zip((fast, *fast_grads), (course, *course_grads)):
         assert mine.dtype == torch.bfloat16
         assert (mine.float() - theirs).abs().max() <= 0.05 * theirs.abs().max() + 0.01
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attention_dropout_has_the_expectation_of_no_dropout(device, dtype):
+# Attention with dropout as training computes it: the default ("auto") is the course's explicit
+# computation on every device (fast_dropout's mask on CPU, nn.Dropout on CUDA); attention="sdpa" is
+# SDPA with its dropout inside (the GPU check's bisect), on CUDA also with each of its kernels forced
+DROPOUT_WAYS = [("cpu", "auto", None), ("cpu", "sdpa", None)] + [
+    pytest.param("cuda", way, backend, marks=needs_cuda) for way, backend in
+    [("auto", None), ("sdpa", None), ("sdpa", "FLASH_ATTENTION"), ("sdpa", "EFFICIENT_ATTENTION"),
+     ("sdpa", "CUDNN_ATTENTION"), ("sdpa", "MATH")]]
+
+
+def dropout_layer(device, way, **sizes):
+    """A training-mode attention layer with the course's dropout 0.1, computing as `way` says."""
+    conf = argparse.Namespace(attn_pdrop=0.1, resid_pdrop=0.1, plain=False, attention=way, **sizes)
+    return attention.CausalSelfAttention(conf).to(device).train()
+
+
+def sdpa_kernel_or_skip(backend, q, k, v, g, dropout_ps=(0.1,)):
     """
-    Attention dropout where training does it (SDPA's kernels on a GPU, fast_dropout on CPU):
-    dropped weights scaled by 1/(1-p) leave the output's and the gradients' expectation that
-    of no dropout, as nn.Dropout's do. A kernel that drops without rescaling, or with another
-    p, is off by 10% or more; 256 draws average to about 1.5%.
+    sdpa_kernel(backend) (backend None: SDPA's own choice), after checking that SDPA itself, called
+    as attend calls it with each dropout p, runs forward and backward for these inputs: skip where
+    it cannot (a forced backend without a kernel for them; or, under ATEN_CPU_CAPABILITY=avx2 on an
+    AMX CPU, torch's bf16 CPU kernel: "pack_vnni2 is only supported when avx512 is supported"). Only
+    SDPA is asked here: attend's own errors are never skipped.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    allowed = lambda: sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext()
+    try:
+        for p in dropout_ps:
+            with allowed():
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+                torch.autograd.grad(out, (q, k, v), g)
+    except RuntimeError as e:
+        pytest.skip(f"SDPA's {backend or 'choice'} in {q.dtype} on {q.device}: {str(e).splitlines()[0][:120]}")
+    return allowed()
+
+
+def check_path(calls, way):
+    """attend's calls to SDPA in training: none for the explicit computation, with dropout 0.1 for "sdpa"."""
+    if way == "sdpa":
+        assert calls and set(calls) == {0.1}, calls
+    else:
+        assert calls == [], calls
+
+
+@pytest.mark.parametrize("device,way,backend", DROPOUT_WAYS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_dropout_has_the_expectation_of_no_dropout(device, way, backend, dtype):
+    """
+    Attention dropout as training does it (DROPOUT_WAYS): dropped weights scaled by 1/(1-p)
+    leave the output's and the gradients' expectation that of no dropout, as nn.Dropout's do. A
+    kernel that drops without rescaling, or with another p, is off by 10% or more; 256 draws
+    average to about 1.5%.
     """
     torch.manual_seed(0)
-    conf = argparse.Namespace(n_embd=64, n_head=2, block_size=64, attn_pdrop=0.1, resid_pdrop=0.1, plain=False)
-    attn = attention.CausalSelfAttention(conf).to(device)
+    attn = dropout_layer(device, way, n_embd=64, n_head=2, block_size=64)
     q, k, v = (torch.randn(2, 2, 64, 32, device=device).to(dtype).requires_grad_() for _ in range(3))
     g = torch.randn(2, 2, 64, 32, device=device).to(dtype)
 
@@ -139,14 +184,17 @@ def test_attention_dropout_has_the_expectation_of_no_dropout(device, dtype):
         out = attn.attend(q, k, v)
         return [t.float() for t in (out, *torch.autograd.grad(out, (q, k, v), g))]
 
-    attn.eval()
-    exact = output_and_grads()
-    attn.train()
-    draws = 256
-    mean = [torch.zeros_like(t) for t in exact]
-    for _ in range(draws):
-        for m, t in zip(mean, output_and_grads()):
-            m += t / draws
+    with sdpa_kernel_or_skip(backend, q, k, v, g, (0.0, 0.1)) if way == "sdpa" else contextlib.nullcontext():
+        attn.eval()
+        exact = output_and_grads()
+        attn.train()
+        draws = 256
+        mean = [torch.zeros_like(t) for t in exact]
+        with sdpa_calls() as calls:
+            for _ in range(draws):
+                for m, t in zip(mean, output_and_grads()):
+                    m += t / draws
+    check_path(calls, way)
     for name, m, e in zip(("output", "dq", "dk", "dv"), mean, exact):
         assert (m - e).norm() < 0.05 * e.norm(), name
 
@@ -169,41 +217,29 @@ def dropped_attention_weights(attend, q, k, seed):
     return torch.cat(blocks, dim=-1)[..., :Tk]
 
 
-SDPA_BACKENDS = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"]
-
-
-@pytest.mark.parametrize("device,backend", [("cpu", None), ("cpu", "MATH")] + [
-    pytest.param("cuda", b, marks=needs_cuda) for b in [None] + SDPA_BACKENDS])
+@pytest.mark.parametrize("device,way,backend", DROPOUT_WAYS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attention_dropout_backward_uses_the_forwards_mask(device, backend, dtype):
+def test_attention_dropout_backward_uses_the_forwards_mask(device, way, backend, dtype):
     """
-    Attention with dropout where training does it (backend None: what attend picks; else one
-    of SDPA's kernels forced), at the handout's shapes (128 positions, head size 32): output and
-    gradients must be those of ONE dropout mask, the forward's. The mask is read back from the
-    forward (dropped_attention_weights); output and gradients are then recomputed from it in
-    float64. A kernel whose backward redraws the mask (a seed/offset mix-up) keeps the
-    expectation of no dropout (the test above) but trains on noise wherever attention matters:
-    its gradients are off by tens of percent here.
+    Attention with dropout as training does it (DROPOUT_WAYS), at the handout's shapes (128
+    positions, head size 32): output and gradients must be those of ONE dropout mask, the
+    forward's. The mask is read back from the forward (dropped_attention_weights); output and
+    gradients are then recomputed from it in float64. A kernel whose backward redraws the mask
+    (a seed/offset mix-up) keeps the expectation of no dropout (the test above) but trains on
+    noise wherever attention matters: its gradients are off by tens of percent here.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.manual_seed(0)
-    conf = argparse.Namespace(n_embd=256, n_head=8, block_size=128, attn_pdrop=0.1, resid_pdrop=0.1, plain=False)
-    attn = attention.CausalSelfAttention(conf).to(device).train()
-
-    def sdpa(q, k, v):  # the call attend makes on a GPU, under sdpa_kernel: with the one kernel allowed
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1, is_causal=True)
-    attend = attn.attend if backend is None else sdpa
+    attn = dropout_layer(device, way, n_embd=256, n_head=8, block_size=128)
     # laid out as attend's inputs in training: (B, T, nh, hs) projections seen as (B, nh, T, hs)
     q, k, v, g = (torch.randn(2, 128, 8, 32, device=device).to(dtype).transpose(1, 2) for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
-        try:
-            weights = dropped_attention_weights(attend, q, k, seed=1).double()
-            torch.manual_seed(1)
-            out = attend(q, k, v)
-            grads = torch.autograd.grad(out, (q, k, v), g)
-        except RuntimeError as e:  # this kernel does not take these inputs (dtype, dropout) on this device
-            pytest.skip(f"{backend} with dropout in {dtype} on {device}: {str(e).splitlines()[0][:120]}")
+    with sdpa_kernel_or_skip(backend, q, k, v, g) if way == "sdpa" else contextlib.nullcontext(), \
+            sdpa_calls() as calls:
+        weights = dropped_attention_weights(attn.attend, q, k, seed=1).double()
+        torch.manual_seed(1)
+        out = attn.attend(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), g)
+    check_path(calls, way)
 
     causal = torch.ones(128, 128, dtype=torch.bool, device=device).tril()
     kept = weights != 0
@@ -222,31 +258,42 @@ def test_attention_dropout_backward_uses_the_forwards_mask(device, backend, dtyp
         assert err <= tol * theirs.abs().max().item(), f"{name}: off by {err:.3g}"
 
 
-@needs_cuda
-@pytest.mark.parametrize("variant", ["vanilla", "perceiver"])
-def test_cuda_decoding_layouts_agree_with_the_cpu(variant):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("variant", ["vanilla", "perceiver", "rope"])
+def test_sdpa_decoding_layouts_agree_with_the_explicit_computation(variant, device, monkeypatch):
     """
-    A GPU decodes every prompt in one padded batch (the vanilla model left-padded, with its
-    key/value cache): the predictions of decoding by exact length, on the GPU and on the CPU,
-    for the dev prompts (A5_DATA_DIR's, else the bundled ones). In float64, so that no near-tie
-    of an untrained model's logits is settled by rounding (top-two gaps down to 2e-6 were seen
-    on the course's dev prompts).
+    A GPU decodes every prompt in one padded batch with SDPA (the vanilla and RoPE models
+    left-padded, with their key/value cache and its padding mask): the predictions of decoding by
+    exact length with the course's explicit attention on CPU. On CPU with attention="sdpa" (the same
+    SDPA calls, masks included), on CUDA as evaluate runs there ("auto"). In float64, so that no
+    near-tie of an untrained model's logits is settled by rounding (top-two gaps down to 2e-6 were
+    seen on the course's dev prompts).
     """
     data = os.environ.get("A5_DATA_DIR") or DATA
     pre = dataset.CharCorruptionDataset(read(os.path.join(data, "wiki.txt")), 128)
     mask_id = pre.stoi[pre.MASK_CHAR]
     prompts = [encode(pre.stoi, q) + [mask_id] for _, q, _ in read_questions(os.path.join(data, "birth_dev.tsv"))]
-    torch.manual_seed(0)
-    args = argparse.Namespace(variant=variant, bottleneck_dim=64, plain=False)
-    gpt = run.build_model(args, pre.vocab_size).double().eval()
     every = 20 if variant == "perceiver" else 5  # the CPU's Perceiver recomputes every position
-    on_cpu = predict_places(gpt, prompts[::every], pre.itos, mask_id, bucket=1)
-    gpt.cuda()
-    one_batch = predict_places(gpt, prompts, pre.itos, mask_id)  # a GPU's default
-    exact = predict_places(gpt, prompts, pre.itos, mask_id, bucket=1)
-    assert len(set(exact)) > 1 and len({len(p) for p in prompts}) > 8
-    assert one_batch == exact
-    assert one_batch[::every] == on_cpu
+    args = argparse.Namespace(variant=variant, bottleneck_dim=64, plain=False)
+    models = {}
+    for way in ("explicit", "sdpa" if device == "cpu" else "auto"):
+        monkeypatch.setattr(run.model.GPTConfig, "attention", way)  # what build_model's config gets
+        torch.manual_seed(0)
+        models[way] = run.build_model(args, pre.vocab_size).double().eval()
+    explicit, fast = models.values()
+    assert all(torch.equal(a, b) for a, b in zip(explicit.state_dict().values(), fast.state_dict().values()))
+    steps = 32 if device != "cpu" else 12  # 12 characters: enough to compare the layouts, a third of the cost
+    exact = predict_places(explicit, prompts[::every], pre.itos, mask_id, steps, bucket=1)
+    fast.to(device)
+    masks = []
+    with sdpa_calls(masks):  # a GPU's default: one padded batch (all the prompts there, the same few here)
+        one_batch = predict_places(fast, prompts if device != "cpu" else prompts[::every], pre.itos, mask_id,
+                                   steps, bucket=128)
+    assert len(set(exact)) > 1 and len({len(p) for p in prompts[::every]}) > 8
+    assert (one_batch[::every] if device != "cpu" else one_batch) == exact
+    assert masks and all(masks) == (variant != "perceiver")  # the cache's padding mask, or is_causal
+    if device != "cpu":
+        assert one_batch == predict_places(fast, prompts, pre.itos, mask_id, steps, bucket=1)
 
 
 def tiny_inputs(tmp_path):

@@ -9,7 +9,7 @@ import dataset
 import hardware
 import model
 import trainer
-from conftest import ROOT, small_config
+from conftest import ROOT, needs_cuda, small_config
 from sub_batches import split_by_length, target_lengths
 from trainer import TrainerConfig, lr_multiplier
 
@@ -130,8 +130,9 @@ def assert_same_loss_and_gradient(reference, other, x, y):
         loss = float(t.train_step(x, y)[0])
         results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()]), gpt.state_dict()))
     (l1, g1, _), (l2, g2, _) = results
-    assert l2 == pytest.approx(l1, rel=1e-5)
-    assert (g1 - g2).norm() <= 1e-5 * g1.norm()
+    # float32 rounding only (measured, AVX-512 and AVX2 alike: loss 2.2e-7, gradient 2.2e-7 at most)
+    assert l2 == pytest.approx(l1, rel=2e-6)
+    assert (g1 - g2).norm() <= 2e-6 * g1.norm()
 
 
 @pytest.mark.parametrize("perceiver", [False, True])
@@ -147,8 +148,8 @@ def test_sub_batches_give_the_full_batch_loss_and_gradient(perceiver, sub_batche
 @pytest.mark.parametrize("rows", ["pretrain", "finetune"])
 def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
     """
-    run.py's default (fast attention, 8 length-sorted trimmed sub-batches) against
-    the course's computation (explicit attention, full rows), fp32, dropout off:
+    run.py's CPU default (8 length-sorted trimmed sub-batches; attention explicit there too)
+    against the course's computation (full rows), fp32, dropout off:
     the same loss and gradients on rows of both datasets. Finetuning rows start
     with PAD targets, so trimming them by the count of real targets would cut
     the answer off; this catches it.
@@ -171,14 +172,13 @@ def test_fast_path_equals_the_course_path_on_real_rows(perceiver, rows):
     assert_same_loss_and_gradient((course, 1), (fast, 8), x, y)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA here: bench/gpu_check.sh runs it where there is a GPU"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("perceiver", [False, True])
 def test_fast_path_trains_to_the_course_paths_params(perceiver, device):
     """
     Two optimizer steps on pretraining rows through Trainer.train, run.py's default in
-    float32 on this device (CPU: fast attention, trimmed sub-batches, fused AdamW; GPU:
-    SDPA's kernels, whole batches, fused AdamW) against the course's computation (--plain:
+    float32 on this device (CPU: trimmed sub-batches, fused AdamW; GPU: SDPA's kernels, as
+    no dropout applies, whole batches, fused AdamW) against the course's computation (--plain:
     explicit attention, torch's default AdamW), dropout off: AdamW with the course's decay
     groups moves both to the same params. The rows come from the DataLoader on both sides
     (the GPU's own corruption draws other rows: tests/test_corruption.py).
@@ -230,8 +230,10 @@ def test_bf16_default_step_is_close_to_the_course_paths(perceiver):
         loss = float(t.train_step(x, y)[0])
         results.append((loss, torch.cat([p.grad.flatten() for p in gpt.parameters()])))
     (l1, g1), (l2, g2) = results
-    assert l2 == pytest.approx(l1, rel=1e-3)  # measured: 1e-6
-    assert torch.nn.functional.cosine_similarity(g1, g2, dim=0) > 0.999  # measured: 0.999997
+    # measured, AVX-512 with BF16 and emulated under ATEN_CPU_CAPABILITY=avx2 alike: loss 1.4e-6 relative,
+    # cosine 0.9999966 (the gradient 0.3% off: bf16's rounding of the inputs, 2^-9 each)
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    assert torch.nn.functional.cosine_similarity(g1, g2, dim=0) > 0.99998
 
 
 def test_a_gpu_takes_the_whole_batch():
