@@ -3,8 +3,9 @@ A cheaper dropout mask for CPU training. nn.Dropout's bernoulli_ was a fifth
 of a CPU training step; four 16-bit thresholds cut from each 64-bit random word
 make the mask several times faster (results/README.md, "Speed notes"). The drop
 probability is rounded to a multiple of 1/65536 (0.1 becomes 0.100006). On
-CUDA, or when not training, it is nn.Dropout; with config.plain, the course's
-nn.Dropout everywhere.
+CUDA, under torch.compile (inductor draws and fuses its own mask; the 16-bit
+view of random words is eager-only), or when not training, it is nn.Dropout;
+with config.plain, the course's nn.Dropout everywhere.
 """
 
 import torch.nn as nn
@@ -14,7 +15,7 @@ import torch
 class Dropout(nn.Dropout):
 
     def forward(self, x):
-        if not self.training or self.p == 0 or x.device.type != "cpu":
+        if not self.training or self.p == 0 or x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)
         n = x.numel()
         # (-2**63, None): all 64 bits; plain random_() leaves the top bit 0, and the
