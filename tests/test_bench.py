@@ -55,7 +55,9 @@ def test_snapshot_curve_finetunes_and_evaluates_each_checkpoint(tmp_path):
     torch.manual_seed(0)
     gpt = model.GPT(model.GPTConfig(ds.vocab_size, 128, n_layer=4, n_head=8, n_embd=256))
     # the keys the trainer writes that the script reads (see Trainer.save_checkpoint)
-    torch.save({"format": checkpoint.FORMAT, "model": gpt.state_dict(), "epoch": 7, "step": 28}, tmp_path / "ep7.ckpt")
+    state = {key: None for key in checkpoint.KEYS}  # a checkpoint holds them all (checkpoint.load checks)
+    state.update({"format": checkpoint.FORMAT, "model": gpt.state_dict(), "epoch": 7, "step": 28})
+    torch.save(state, tmp_path / "ep7.ckpt")
     script = os.path.join(ROOT, "bench", "snapshot_curve.py")
     out = subprocess.run([sys.executable, script, DATA, str(tmp_path / "out"), str(tmp_path / "ep7.ckpt")],
                          capture_output=True, text=True)
@@ -193,15 +195,16 @@ def test_reference_curve_averages_each_epoch_beside_the_reference(tmp_path):
     assert not (tmp_path / "bare.png").exists()
 
 
-def tiny_handout_model(vocab_size, perceiver, plain=False):
+def tiny_handout_model(vocab_size, perceiver, plain=False, rope=False):
     """
     bench_speed's handout model shrunk (16 wide; one block, the Perceiver's down, one, up), quick to
-    compile, without dropout: inductor's CPU code for fast_dropout's mask in the backward fails in
-    torch 2.13 (SystemError under ATEN_CPU_CAPABILITY=avx2; heap corruption at this width on AVX-512).
+    compile, without dropout, so that the compiled step can be held to eager's losses (inductor draws
+    its own masks). fast_dropout's 16-bit mask once broke inductor's CPU code in torch 2.13 (SystemError
+    under ATEN_CPU_CAPABILITY=avx2); under torch.compile it is nn.Dropout now.
     """
     kw = dict(perceiver=True, bottleneck_dim=8, n_layer=3) if perceiver else dict(n_layer=1)
     return model.GPT(model.GPTConfig(vocab_size, 128, n_head=2, n_embd=16, plain=plain, embd_pdrop=0.0,
-                                     resid_pdrop=0.0, attn_pdrop=0.0, **kw))
+                                     resid_pdrop=0.0, attn_pdrop=0.0, rope=rope, **kw))
 
 
 def test_bench_speed_times_the_compiled_step_beside_eager(monkeypatch, capsys, tmp_path):
