@@ -21,6 +21,21 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: runs wherever there is a GPU")
 
 
+# a tiny corpus of three people (61 documents and an empty last one), and two training questions
+WIKI = ("Alice Smith. Alice Smith was born in Paris and wrote books about the sea.\n"
+        "Bob Jones. Bob Jones was born in Lyon in 1901 and taught at a school.\n"
+        "Carla Diaz. Carla Diaz was born in Rome; she painted the harbour all her life.\n" * 20
+        + "Where was everybody born?\n")
+TRAIN = "Where was Alice Smith born?\tParis\nWhere was Bob Jones born?\tLyon\n"
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
+    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     """The course data folder, from A5_DATA_DIR (.ci/run sets it to ../shared/data)."""

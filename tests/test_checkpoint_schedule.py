@@ -10,21 +10,14 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import torch
 
 import trainer
 from conftest import ROOT
-from test_robustness import TRAIN, WIKI, cli
+from test_robustness import cli
 
 RUN = os.path.join(ROOT, "src", "run.py")
 
-
-@pytest.fixture
-def corpus(tmp_path):
-    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
-    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
-    return tmp_path
 
 
 def pretrain(corpus, *flags):

@@ -24,14 +24,8 @@ import inputs
 import run
 import utils
 from conftest import ROOT
-from test_robustness import RUN, TRAIN, WIKI, cli, cli_process, one_clean_line, unchanged
+from test_robustness import RUN, TRAIN, WIKI, cli, one_clean_line, unchanged
 
-
-@pytest.fixture
-def corpus(tmp_path):
-    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
-    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

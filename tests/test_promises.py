@@ -17,12 +17,6 @@ import trainer
 from test_robustness import RUN, TRAIN, WIKI, cli, one_clean_line
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
-    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
-    return tmp_path
-
 
 def pretrain(d, *extra):
     return cli(["pretrain", "vanilla", "wiki.txt", "--writing_params_path", "p.params", "--device", "cpu"]

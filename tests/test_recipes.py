@@ -14,12 +14,6 @@ from fast_dropout import Dropout
 from test_robustness import TRAIN, WIKI, cli
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
-    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
-    return tmp_path
-
 
 def dropouts(gpt):
     return {m.p for m in gpt.modules() if isinstance(m, torch.nn.Dropout)}

@@ -19,22 +19,10 @@ import model
 import run
 import trainer
 import utils
-from conftest import ROOT, small_config
+from conftest import ROOT, TRAIN, WIKI, small_config  # noqa: F401 (others import them from here)
 
 RUN = os.path.join(ROOT, "src", "run.py")
 CPU = ["--device", "cpu"]  # what these tests check is the CPU's (a GPU VM's auto would pick cuda)
-WIKI = ("Alice Smith. Alice Smith was born in Paris and wrote books about the sea.\n"
-        "Bob Jones. Bob Jones was born in Lyon in 1901 and taught at a school.\n"
-        "Carla Diaz. Carla Diaz was born in Rome; she painted the harbour all her life.\n" * 20
-        + "Where was everybody born?\n")
-TRAIN = "Where was Alice Smith born?\tParis\nWhere was Bob Jones born?\tLyon\n"
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
-    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
-    return tmp_path
 
 
 def cli(args, cwd):

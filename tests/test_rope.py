@@ -16,14 +16,13 @@ import pytest
 import torch
 
 import attention
-import dataset
 import decoding
 import model
 import run
 import trainer
 import utils
 from conftest import ROOT, small_config
-from test_robustness import TRAIN, WIKI, cli
+from test_robustness import cli
 
 RUN = os.path.join(ROOT, "src", "run.py")
 
@@ -209,12 +208,6 @@ def test_rope_schedule_is_the_2024_handouts():
     assert final_epochs("rope", "pretrain", "--final_epochs", "60")[0] == 60
     assert final_epochs("vanilla", "pretrain", "--final_epochs", "650")[0] == 650
 
-
-@pytest.fixture
-def corpus(tmp_path):
-    (tmp_path / "wiki.txt").write_text(WIKI, encoding="utf-8")
-    (tmp_path / "train.tsv").write_text(TRAIN, encoding="utf-8")
-    return tmp_path
 
 
 def test_rope_runs_every_handout_command_and_refuses_other_params(corpus):
