@@ -8,14 +8,11 @@ bf16 on an H100, failed: results/gpu/README.md).
 """
 
 import argparse
-import contextlib
-import glob
 import hashlib
 import math
 import os
 import re
 import sys
-import tempfile
 import time
 
 try:  # torch takes seconds to import: a Ctrl-C meanwhile is one line too, not the import machinery's traceback
@@ -29,16 +26,12 @@ try:  # torch takes seconds to import: a Ctrl-C meanwhile is one line too, not t
     import inputs
     import mixing
     import model
+    import outputs
     import trainer
     import utils
 except KeyboardInterrupt:
     print("\nrun.py: interrupted", file=sys.stderr)
     sys.exit(130)
-
-try:
-    import fcntl
-except ImportError:  # Windows: runs do not lock their params path
-    fcntl = None
 
 BLOCK_SIZE = 128
 
@@ -155,16 +148,18 @@ def check_args(args):
         if path is not None and not os.path.isfile(path):
             fail(f"{path}: no such file ({flag(name)})")
     sources = [name for name in inputs_ if getattr(args, name) is not None]
-    outputs = ["outputs_path"] if args.function == "evaluate" else ["writing_params_path"]
-    for name in outputs:
-        path = getattr(args, name)
-        for written in (path, path + ".ckpt", path + ".lock") if name == "writing_params_path" else (path,):
-            for source in sources:
-                if same_file(written, getattr(args, source)):
-                    fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")
-        check_writable(path, name)
-    if args.function != "evaluate":
-        check_log_dir(args)
+    name = "outputs_path" if args.function == "evaluate" else "writing_params_path"
+    path = getattr(args, name)
+    for written in (path, path + ".ckpt", path + ".lock") if name == "writing_params_path" else (path,):
+        for source in sources:
+            if outputs.same_file(written, getattr(args, source)):
+                fail(f"{written}: is also {flag(source)}: refusing to overwrite an input (--{name})")
+    try:
+        outputs.check_writable(path, name)
+        if args.function != "evaluate":
+            outputs.check_log_dir(log_dir(args))
+    except outputs.OutputError as e:
+        fail(str(e))
     if args.mix_questions_path is not None and args.function != "pretrain":
         fail(f"--mix_questions_path is for pretrain, not {args.function}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
@@ -210,46 +205,6 @@ def check_device(name):
 
 def flag(name):
     return name if name == "pretrain_corpus_path" else f"--{name}"
-
-
-def same_file(a, b):
-    """Whether two paths name one file: the same inode if both exist, else the same resolved path."""
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def check_writable(path, name):
-    """Before any work: an output that cannot be written would fail only after training or decoding."""
-    if os.path.basename(path) in ("", ".", ".."):  # "", "newdir/": a folder's name, existing or not
-        fail(f"{path or repr(path)}: not a file name (--{name})")
-    if os.path.isdir(path):
-        fail(f"{path}: is a folder, not a file (--{name})")
-    if os.path.exists(path) and not os.path.isfile(path):  # a device or a FIFO (/dev/null): written in place
-        if not os.access(path, os.W_OK):
-            fail(f"{path}: cannot write: Permission denied (--{name})")
-        return
-    # through a link, its target is replaced (beside the target); a checkpoint goes beside the link
-    for folder in sorted({os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}):
-        if not os.path.isdir(folder):
-            fail(f"{path}: folder {folder} does not exist (--{name})")
-        problem = cannot_write_in(folder)
-        if problem:
-            fail(f"{path}: cannot write in folder {folder}: {problem} (--{name})")
-
-
-def cannot_write_in(folder):
-    """Why a file cannot be written in folder (read-only, full), or None."""
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.")
-        try:
-            os.write(fd, b"x")  # a full disk still makes an empty file
-        finally:
-            os.close(fd)
-            os.remove(probe)
-    except OSError as e:
-        return e.strerror
-    return None
 
 
 def read_text(path):
@@ -305,45 +260,6 @@ def load_params(gpt, path, args, device, vocab=None):
                 else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
         fail(f"{path}: params do not fit a {this} model over this vocabulary ({what})")
     gpt.load_state_dict(state)
-
-
-def lock_params_path(path):
-    """
-    Hold <path>.lock for the run: a second run on the same params path stops at once, where both
-    would train and the first would end with the second's params. flock, because the kernel lets
-    go of it when its process dies: a killed run leaves the file, not the lock. None where there are
-    no such locks (Windows, some network mounts): the run goes ahead unguarded.
-    """
-    if fcntl is None:
-        return None
-    lock_path = path + ".lock"
-    while True:
-        try:
-            f = open(lock_path, "a")
-        except OSError as e:
-            fail(f"{lock_path}: cannot write: {e.strerror}")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            fail(f"{path}: another run is writing these params (it holds {lock_path}): wait for it to end, "
-                 f"or give this run another --writing_params_path")
-        except OSError:
-            f.close()
-            return None
-        # a run that just ended removed the file after we opened it: lock the file that is there now
-        with contextlib.suppress(OSError):
-            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
-                return f
-        f.close()
-
-
-def unlock(f):
-    """Remove the lock file while still holding it (a run that opened it meanwhile sees that), then let go."""
-    if f is not None:
-        with contextlib.suppress(OSError):
-            os.remove(f.name)
-        f.close()
 
 
 def params_variant(state):
@@ -416,28 +332,13 @@ def log_dir(args):
                                                    int(args.bottleneck_dim), args.pretrain_lr, args.finetune_lr)
 
 
-def check_log_dir(args):
-    """TensorBoard writes in the current folder, wherever the params go: a read-only or full one, or an expt
-    that is a file, must stop the run before its work, not after the corpus and the model."""
-    logs = log_dir(args)
-    folder = logs
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder) or "."
-    if not os.path.isdir(folder):
-        fail(f"{folder}: not a folder, but TensorBoard writes its logs in {logs}")
-    problem = cannot_write_in(folder)
-    if problem:
-        fail(f"{os.path.abspath(folder)}: cannot write: {problem} (TensorBoard writes its logs in {logs} "
-             f"under the current folder)")
-
-
 def train(args, gpt, train_dataset, tconf):
     rank, world_size, ckpt_path = tconf.rank, tconf.world_size, tconf.ckpt_path
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter  # imported here: evaluate does not need it
         tconf.writer = SummaryWriter(log_dir=log_dir(args))
     t = trainer.Trainer(gpt, train_dataset, None, tconf)
-    if rank == 0 and remove_stale_temporaries(args.writing_params_path):
+    if rank == 0 and outputs.remove_stale_temporaries(args.writing_params_path):
         print(f"removed the temporary files of an interrupted write beside {args.writing_params_path}")
     if os.path.exists(ckpt_path):
         if not args.resume:
@@ -497,18 +398,6 @@ def finish(t, gpt, params_path, vocab_sha256):
         os.remove(t.config.ckpt_path)
 
 
-def remove_stale_temporaries(params_path):
-    """
-    The temporary files of writes that a killed run left (atomic_write's <name>.<random>.tmp,
-    40 MB each for a checkpoint) beside params_path, its checkpoint and snapshots. Called
-    once this run holds the path, so no other run is writing them.
-    """
-    stale = glob.glob(glob.escape(os.path.realpath(params_path)) + ".*.tmp")
-    for path in stale:
-        os.remove(path)
-    return stale
-
-
 def evaluate(args, gpt, pretrain_dataset, device):
     rows = parsed(args.eval_corpus_path, lambda: inputs.read_questions(args.eval_corpus_path))
     if not rows:
@@ -551,11 +440,14 @@ def main(argv=None):
     if args.function == "evaluate" and rank != 0:
         return  # evaluation runs in one process
     # the ranks share one params path: rank 0 holds it for all
-    lock = lock_params_path(args.writing_params_path) if args.function != "evaluate" and rank == 0 else None
+    try:
+        lock = outputs.lock(args.writing_params_path) if args.function != "evaluate" and rank == 0 else None
+    except outputs.OutputError as e:
+        fail(str(e))
     try:
         work(args, device, dist_env)
     finally:
-        unlock(lock)
+        outputs.unlock(lock)
 
 
 def work(args, device, dist_env):
