@@ -30,7 +30,7 @@ def main():
     argp.add_argument("wiki")
     argp.add_argument("params")
     argp.add_argument("tsv", help="question<TAB>place lines: the people to probe")
-    argp.add_argument("--variant", default="vanilla", choices=["vanilla", "perceiver"])
+    argp.add_argument("--variant", default="vanilla", choices=["vanilla", "perceiver", "rope"])
     argp.add_argument("--bottleneck_dim", type=int, default=32)
     argp.set_defaults(plain=False)  # run.build_model reads it
     args = argp.parse_args()

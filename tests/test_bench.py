@@ -49,6 +49,21 @@ def test_probe_memory_counts_the_biographies_it_can_probe(tmp_path):
     assert out.returncode != 0 and out.stderr.strip().count("\n") == 0 and "no biography" in out.stderr
 
 
+def test_probe_memory_probes_rope_params_as_rope(tmp_path):
+    """results/recipes/ probes rope models: --variant rope builds the 2024 model; without it they are refused."""
+    with open(os.path.join(DATA, "wiki.txt"), encoding="utf-8") as f:
+        ds = dataset.CharCorruptionDataset(f.read(), 128)
+    torch.manual_seed(0)
+    gpt = model.GPT(model.GPTConfig(ds.vocab_size, 128, n_layer=4, n_head=8, n_embd=256, rope=True))
+    torch.save(gpt.state_dict(), tmp_path / "rope.params")
+    argv = [sys.executable, PROBE, os.path.join(DATA, "wiki.txt"), str(tmp_path / "rope.params"),
+            os.path.join(DATA, "birth_dev.tsv")]
+    out = subprocess.run(argv + ["--variant", "rope"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("recalled 0 of "), out.stdout + out.stderr
+    out = subprocess.run(argv, capture_output=True, text=True)
+    assert out.returncode != 0 and "holds rope params, but this run builds a vanilla model" in out.stderr, out.stderr
+
+
 def test_snapshot_curve_finetunes_and_evaluates_each_checkpoint(tmp_path):
     with open(os.path.join(DATA, "wiki.txt"), encoding="utf-8") as f:
         ds = dataset.CharCorruptionDataset(f.read(), 128)
