@@ -374,7 +374,7 @@ def test_gpu_check_runs_every_stage_on_cpu_at_a_tiny_size(tmp_path):
                  "FLAGS=--device\\ cpu\\ --checkpoint_minutes\\ 1\\ --max_epochs\\ 1\\ --compile bash bench/pipeline.sh vanilla DATA "
                  "RESULTS/pipelines/compiled",
                  "bash bench/pipeline.sh rope DATA RESULTS/pipelines/recipe --final_epochs 100 --max_epochs 100 "
-                 "--max_epochs 2",
+                 "--batch_size 32 --dropout 0 --mix_questions_path DATA/birth_places_train.tsv --max_epochs 2",
                  "bench/reference_curve.py", "bench/bench_speed.py --data_dir DATA --device cpu",
                  "bench/bisect_default.py DATA/wiki.txt RESULTS/bisect --epochs 1 --device cpu --variants bf16 "
                  "bf16_sdpa_no_cudnn bf16_sdpa --reference REF/ref_vanilla_course_s0.csv REF/ref_vanilla_course_s1.csv"):
