@@ -253,7 +253,8 @@ def test_bench_speed_times_the_compiled_step_beside_eager(monkeypatch, capsys, t
     out = capsys.readouterr().out
     rows = [[c.strip() for c in r.strip("|").split("|")] for r in out.splitlines() if r.startswith("| ")]
     head, cells = rows[0], {r[0]: r for r in rows[2:]}
-    assert head[6:] == [f"default compiled, {head[4].split()[-1]}", "speed-up", "against eager"]
+    dtype = hardware.pick_dtype("auto", "cpu")
+    assert head[6:] == [f"default compiled, {dtype}", "speed-up", "against eager"]
     for what in ("pretraining step, vanilla (2 rows)", "pretraining step, perceiver m=64"):
         assert len(cells[what]) == 9 and cells[what][6].split()[1] in ("s", "ms") and cells[what][8].endswith("x")
     assert cells["finetuning step, vanilla (2 rows)"][6:] == ["", "", ""]
@@ -264,7 +265,6 @@ def test_bench_speed_times_the_compiled_step_beside_eager(monkeypatch, capsys, t
     assert "| 2 | 2.900 | 2.800 | 2.790 |" in out  # the per-epoch loss of each way
     short = out.split("\nIn short")[1]
     assert "\n- compiled pretraining step, vanilla: " in short and "\n- compiled pretraining step, perceiver" in short
-    dtype = hardware.pick_dtype("auto", "cpu")
     assert f"run.py's default here: {dtype}\n" in out
     same = re.search(rf"\n- compiled step, vanilla, 3 steps on one batch without dropout: losses ([\d. ]+) against "
                      rf"eager ([\d. ]+), largest relative difference (\S+): the same within {dtype} rounding\n", short)
